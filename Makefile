@@ -1,0 +1,56 @@
+# vla: the two set-up commands are `make install` and `make demo`; `make test` runs the tests.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Python 3.12 is required (lerobot 0.6.x); prefer one on PATH, else pyenv's.
+PYTHON312 ?= $(shell command -v python3.12 2>/dev/null || ls -1 $$HOME/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | tail -n1)
+APT_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 libglfw3 libosmesa6 ffmpeg
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: install system-deps venv test test-fast demo demo-gpu lint format bench clean
+
+install: system-deps venv  ## Debian packages, .venv with Python 3.12, the stack, LIBERO configured offline
+	@echo "install: done. Next: make demo (or make test)"
+
+system-deps:  ## EGL/Mesa for headless MuJoCo rendering, FFmpeg libraries for torchcodec (skipped when present)
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "apt: installing $$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "apt: system packages present"; fi
+
+venv:
+	@[ -n "$(PYTHON312)" ] || { echo "Python 3.12 not found: install it (e.g. pyenv install 3.12) or set PYTHON312=/path/to/python3.12"; exit 2; }
+	@[ -x $(PY) ] || $(PYTHON312) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	@# openpi-client 0.1.2 declares numpy<2 (not needed) and omits typing_extensions: install it without deps.
+	$(PY) -m pip install -q --no-deps "openpi-client==0.1.2"
+	$(PY) -m eval.suites.libero_setup
+
+test:  ## the whole suite (CPU; GPU-only tests skip themselves)
+	MUJOCO_GL=egl $(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast:  ## skip slow and simulator tests
+	MUJOCO_GL=egl $(PY) -m pytest -q -m "not slow and not sim" $(PYTEST_ARGS)
+
+demo:  ## the main job on the embedded default: generate demos, train, evaluate, serve, report
+	MUJOCO_GL=egl $(PY) -m scripts.demo $(DEMO_ARGS)
+
+demo-gpu:
+	MUJOCO_GL=egl $(PY) -m scripts.demo --gpu $(DEMO_ARGS)
+
+lint:
+	$(VENV)/bin/ruff check vla data_pipelines eval scripts tests
+	$(VENV)/bin/ruff format --check vla data_pipelines eval scripts tests
+
+format:
+	$(VENV)/bin/ruff check --fix vla data_pipelines eval scripts tests
+	$(VENV)/bin/ruff format vla data_pipelines eval scripts tests
+
+bench:  ## all benchmarks into one JSON + markdown table
+	MUJOCO_GL=egl $(VENV)/bin/vla bench all --out outputs/bench
+
+clean:
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,1 @@
+"""Scripted demonstration generators, written as LeRobot v3 datasets (one module per simulator)."""

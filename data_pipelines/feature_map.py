@@ -1,0 +1,234 @@
+"""Dataset keys -> canonical sample: the only module that knows a dataset's key names.
+
+A ``FeatureMapConfig`` is declarative (YAML / draccus): which dataset keys are the
+cameras, the state, the action and the instruction. ``build(meta)`` resolves it
+against a dataset's features (filling defaults, checking that every named key exists,
+reading dimensions) into a frozen ``FeatureMap``, whose ``__call__`` turns one
+lerobot sample into the canonical dict of ``vla/types.py``:
+
+    images          (N, 3, Hi, Wi) float32 in [0, 1]
+    image_mask      (N,) bool
+    state           (S,) float32 (S = 0 when the dataset has no state)
+    state_mask      (S,) bool
+    actions         (H, D) float32
+    action_pad      (H,) bool, True past the episode end
+    action_dim_mask (D,) bool
+    instruction     str
+
+With observation history (n_obs_steps = To > 1) lerobot returns a time axis on the
+observation keys; the map then also emits ``state_history`` (To, S),
+``images_history`` (To, N, 3, Hi, Wi) and ``history_pad`` (To,) (True before the
+episode start), with ``state``/``images`` being the current (last) step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from vla import types as T
+from vla.shapes import check_keys, check_shape
+
+IMAGE_PREFIX = "observation.images."
+STATE_HISTORY = "state_history"  # (To, S)
+IMAGES_HISTORY = "images_history"  # (To, N, 3, Hi, Wi)
+HISTORY_PAD = "history_pad"  # (To,) bool, True where the step is before the episode start
+
+
+def _features_of(meta: Any) -> dict[str, dict]:
+    """Accept lerobot metadata, a LeRobotDataset or a plain features dict."""
+    if isinstance(meta, Mapping):
+        return dict(meta)
+    feats = getattr(meta, "features", None)
+    if feats is None:
+        raise TypeError(f"cannot read features from {type(meta).__name__}; pass lerobot metadata or a features dict")
+    return dict(feats)
+
+
+def camera_name(key: str) -> str:
+    """Canonical camera name of a dataset key: the part after ``observation.images.``."""
+    return key[len(IMAGE_PREFIX) :] if key.startswith(IMAGE_PREFIX) else key
+
+
+@dataclass
+class FeatureMapConfig:
+    """Which dataset keys feed which canonical field.
+
+    ``cameras``: canonical camera name -> dataset key; empty means every
+    ``observation.images.*`` key in the dataset's order, named by its suffix.
+    ``camera_keys`` is the list form (names are the suffixes); give one or the other.
+    ``state``: dataset key of the proprioceptive state, or "" for none.
+    ``image_size``: (Hi, Wi) every camera is resized to; empty keeps the native size,
+    which must then be the same for all cameras (they are stacked).
+    """
+
+    cameras: dict[str, str] = field(default_factory=dict)
+    camera_keys: list[str] = field(default_factory=list)
+    state: str = "observation.state"
+    action: str = "action"
+    instruction: str = "task"
+    image_size: list[int] = field(default_factory=list)
+
+    def build(self, meta: Any) -> FeatureMap:
+        features = _features_of(meta)
+        if self.cameras and self.camera_keys:
+            raise ValueError("FeatureMapConfig: give either cameras (dict) or camera_keys (list), not both")
+        if self.cameras:
+            cams = tuple(self.cameras.items())
+        elif self.camera_keys:
+            cams = tuple((camera_name(k), k) for k in self.camera_keys)
+        else:
+            cams = tuple(
+                (camera_name(k), k)
+                for k, v in features.items()
+                if k.startswith(IMAGE_PREFIX) and v.get("dtype") in ("video", "image")
+            )
+        required = [k for _, k in cams] + [self.action] + ([self.state] if self.state else [])
+        check_keys("dataset features (meta/info.json)", features, required)
+        for _, key in cams:
+            if features[key].get("dtype") not in ("video", "image"):
+                raise ValueError(f"camera {key!r} has dtype {features[key].get('dtype')!r}, expected video or image")
+        shapes = {k: tuple(features[k]["shape"]) for k in required}
+        if self.image_size:
+            if len(self.image_size) != 2:
+                raise ValueError(f"image_size must be [H, W], got {self.image_size}")
+            size = (int(self.image_size[0]), int(self.image_size[1]))
+        elif cams:
+            sizes = {k: shapes[k][:2] for _, k in cams}
+            if len(set(sizes.values())) > 1:
+                raise ValueError(f"cameras have different sizes {sizes}; set image_size to resize them to one")
+            size = next(iter(sizes.values()))
+        else:
+            size = None
+        for key in [self.action] + ([self.state] if self.state else []):
+            if len(shapes[key]) != 1:
+                raise ValueError(f"{key}: expected a 1-D feature, info.json says shape {shapes[key]}")
+        return FeatureMap(
+            cameras=cams,
+            state=self.state or None,
+            action=self.action,
+            instruction=self.instruction,
+            state_dim=shapes[self.state][0] if self.state else 0,
+            action_dim=shapes[self.action][0],
+            image_size=size,
+            native_sizes=tuple(tuple(shapes[k][:2]) for _, k in cams),
+        )
+
+
+@dataclass(frozen=True)
+class FeatureMap:
+    """A FeatureMapConfig resolved against one dataset; maps lerobot samples to canonical dicts."""
+
+    cameras: tuple[tuple[str, str], ...]  # (canonical name, dataset key), in image order N
+    state: str | None
+    action: str
+    instruction: str
+    state_dim: int
+    action_dim: int
+    image_size: tuple[int, int] | None
+    native_sizes: tuple[tuple[int, int], ...] = ()
+
+    @classmethod
+    def infer(cls, meta: Any) -> FeatureMap:
+        """Default mapping: every ``observation.images.*`` camera, ``observation.state``, ``action``."""
+        features = _features_of(meta)
+        state = "observation.state" if "observation.state" in features else ""
+        return FeatureMapConfig(state=state).build(features)
+
+    @property
+    def camera_names(self) -> list[str]:
+        return [name for name, _ in self.cameras]
+
+    @property
+    def observation_keys(self) -> list[str]:
+        """Dataset keys that get observation history (cameras and state)."""
+        return [k for _, k in self.cameras] + ([self.state] if self.state else [])
+
+    def stats_for(self, stats: Mapping[str, Mapping]) -> dict[str, dict]:
+        """Dataset-keyed statistics -> canonical ``{"state": ..., "actions": ...}`` for the Normalizer."""
+        out = {T.ACTIONS: dict(stats[self.action])} if self.action in stats else {}
+        if self.state and self.state in stats:
+            out[T.STATE] = dict(stats[self.state])
+        missing = [k for k in [self.action] + ([self.state] if self.state else []) if k not in stats]
+        if missing:
+            raise KeyError(f"stats have no entry for {missing}; present: {sorted(stats)}")
+        return out
+
+    # ── the mapping itself ─────────────────────────────────────────────
+
+    def _image(self, key: str, x: torch.Tensor, history: int | None) -> torch.Tensor:
+        """One camera -> (To, 3, Hi, Wi) float in [0, 1] at ``image_size``."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{key}: expected a decoded image tensor, got {type(x).__name__}")
+        if history is None:
+            check_shape(key, x, "3 Hi Wi")
+            x = x[None]  # (1, 3, Hi, Wi)
+        else:
+            check_shape(key, x, "To 3 Hi Wi", To=history)
+        if x.dtype == torch.uint8:
+            x = x.float() / 255.0
+        x = x.float()
+        if self.image_size is not None and tuple(x.shape[-2:]) != self.image_size:
+            x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False, antialias=True)
+        return x.clamp_(0.0, 1.0)
+
+    def __call__(self, sample: Mapping[str, Any]) -> dict[str, Any]:
+        check_keys("dataset sample", sample, [self.action, self.instruction] + self.observation_keys)
+        actions = torch.as_tensor(sample[self.action], dtype=torch.float32)
+        if actions.ndim == 1:  # no delta timestamps: a chunk of one step
+            actions = actions[None]
+        dims = check_shape(self.action, actions, "H D", D=self.action_dim)
+        pad_key = f"{self.action}_is_pad"
+        if pad_key in sample:
+            action_pad = torch.as_tensor(sample[pad_key], dtype=torch.bool)
+            check_shape(pad_key, action_pad, "H", H=dims["H"])
+        else:
+            action_pad = torch.zeros(dims["H"], dtype=torch.bool)
+
+        # Observation history: lerobot adds a leading time axis on keys with delta timestamps.
+        history = None
+        if self.state and torch.as_tensor(sample[self.state]).ndim == 2:
+            history = torch.as_tensor(sample[self.state]).shape[0]
+        elif self.cameras and torch.as_tensor(sample[self.cameras[0][1]]).ndim == 4:
+            history = sample[self.cameras[0][1]].shape[0]
+
+        if self.cameras:
+            per_cam = [self._image(key, sample[key], history) for _, key in self.cameras]
+            images = rearrange(torch.stack(per_cam), "n t c h w -> t n c h w")  # (To, N, 3, Hi, Wi)
+        else:
+            h, w = self.image_size or (1, 1)
+            images = torch.zeros(history or 1, 0, 3, h, w)
+        if self.state:
+            state = torch.as_tensor(sample[self.state], dtype=torch.float32)
+            check_shape(self.state, state, "To S" if history else "S", S=self.state_dim)
+            state = state if history else state[None]  # (To, S)
+        else:
+            state = torch.zeros(history or 1, 0)
+        instruction = sample[self.instruction]
+        if not isinstance(instruction, str):
+            raise TypeError(f"{self.instruction}: expected an instruction string, got {type(instruction).__name__}")
+
+        out = {
+            T.IMAGES: images[-1],  # (N, 3, Hi, Wi)
+            T.IMAGE_MASK: torch.ones(len(self.cameras), dtype=torch.bool),
+            T.STATE: state[-1],  # (S,)
+            T.STATE_MASK: torch.ones(self.state_dim, dtype=torch.bool),
+            T.ACTIONS: actions,  # (H, D)
+            T.ACTION_PAD: action_pad,  # (H,)
+            T.ACTION_DIM_MASK: torch.ones(self.action_dim, dtype=torch.bool),
+            T.INSTRUCTION: instruction,
+        }
+        if history:
+            pad_keys = [f"{k}_is_pad" for k in self.observation_keys if f"{k}_is_pad" in sample]
+            pad = torch.zeros(history, dtype=torch.bool)
+            for k in pad_keys:
+                pad |= torch.as_tensor(sample[k], dtype=torch.bool)
+            out[STATE_HISTORY] = state  # (To, S)
+            out[IMAGES_HISTORY] = images  # (To, N, 3, Hi, Wi)
+            out[HISTORY_PAD] = pad  # (To,)
+        return out

@@ -1,0 +1,209 @@
+"""Several datasets (embodiments) as one training set with sampling weights.
+
+Members may differ in cameras, state width and action width. Every sample is padded
+to the mixture's common layout and the padding is marked, so nothing downstream
+needs to know which member a sample came from:
+
+- cameras: ``camera_layout="union"`` gives one slot per distinct canonical camera
+  name over all members (a member's missing cameras are zero images with
+  ``image_mask`` False); ``"max"`` packs each member's cameras into the first slots
+  of max-N slots (use it when names differ but the roles are interchangeable);
+- state (S_max,) and actions (H, D_max): real dims first, zeros after, with
+  ``state_mask`` / ``action_dim_mask`` True on the real dims;
+- ``dataset_index``: which member, as a long scalar.
+
+Normalization, when enabled, is applied per member with that member's own
+statistics *before* padding (each embodiment's joints have their own units); padded
+dims stay 0. A policy trained this way then needs the same member's statistics to
+unnormalize, so save them with the checkpoint (``member_stats``).
+
+Weighted sampling is a ``Sampler`` rather than a sampling ``__getitem__`` so the
+mixture stays a plain map-style dataset: ``DataLoader`` workers, and sharding by
+rank (every rank draws the same sequence from the same seed and takes its stride).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from data_pipelines.feature_map import HISTORY_PAD, IMAGES_HISTORY, STATE_HISTORY
+from data_pipelines.lerobot_source import LeRobotSource, LeRobotSourceConfig
+from vla import types as T
+from vla.models.normalizer import Normalizer
+
+
+@dataclass
+class MixtureMemberConfig:
+    source: LeRobotSourceConfig = field(default_factory=LeRobotSourceConfig)
+    weight: float = 1.0
+    stats_path: str | None = None  # default: the member dataset's meta/stats.json
+
+
+@dataclass
+class MixtureConfig:
+    members: list[MixtureMemberConfig] = field(default_factory=list)
+    camera_layout: Literal["union", "max"] = "union"
+    normalize: bool = False
+    norm_modes: dict[str, str] = field(default_factory=lambda: {"state": "mean_std", "actions": "mean_std"})
+
+    def build(self) -> MixtureDataset:
+        from data_pipelines.stats import load_stats
+
+        if not self.members:
+            raise ValueError("MixtureConfig: no members")
+        sources = [LeRobotSource(m.source) for m in self.members]
+        normalizers = None
+        if self.normalize:
+            normalizers = []
+            for m, src in zip(self.members, sources, strict=True):
+                stats = src.feature_map.stats_for(load_stats(m.stats_path or src.root))
+                modes = {k: v for k, v in self.norm_modes.items() if k in stats}
+                normalizers.append(Normalizer(stats, modes))
+        return MixtureDataset(sources, [m.weight for m in self.members], normalizers, self.camera_layout)
+
+
+class MixtureDataset(Dataset):
+    """Concatenation of canonical sources, padded to one layout (see module docstring)."""
+
+    def __init__(
+        self,
+        sources: Sequence[LeRobotSource],
+        weights: Sequence[float],
+        normalizers: Sequence[Normalizer | None] | None = None,
+        camera_layout: Literal["union", "max"] = "union",
+    ):
+        if len(sources) != len(weights):
+            raise ValueError(f"{len(sources)} sources but {len(weights)} weights")
+        if any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise ValueError(f"weights must be >= 0 with a positive sum, got {list(weights)}")
+        if normalizers is not None and len(normalizers) != len(sources):
+            raise ValueError(f"{len(sources)} sources but {len(normalizers)} normalizers")
+        self.sources = list(sources)
+        self.weights = [w / sum(weights) for w in weights]
+        self.normalizers = list(normalizers) if normalizers is not None else [None] * len(sources)
+        self.camera_layout = camera_layout
+        maps = [s.feature_map for s in self.sources]
+
+        chunks = {s.cfg.chunk for s in self.sources}
+        if len(chunks) > 1:
+            raise ValueError(f"mixture members have different chunk lengths {sorted(chunks)}; use one H")
+        sizes = {m.image_size for m in maps if m.cameras}
+        if len(sizes) > 1:
+            raise ValueError(f"mixture members have different image sizes {sorted(sizes)}; set feature_map.image_size")
+        self.image_size = next(iter(sizes), None)
+        if camera_layout == "union":
+            self.camera_names = list(dict.fromkeys(n for m in maps for n in m.camera_names))
+            self.slots = [[self.camera_names.index(n) for n in m.camera_names] for m in maps]
+        elif camera_layout == "max":
+            n_max = max(len(m.cameras) for m in maps)
+            self.camera_names = [f"camera{i}" for i in range(n_max)]
+            self.slots = [list(range(len(m.cameras))) for m in maps]
+        else:
+            raise ValueError(f"camera_layout must be 'union' or 'max', got {camera_layout!r}")
+        self.state_dim = max(m.state_dim for m in maps)
+        self.action_dim = max(m.action_dim for m in maps)
+        self.offsets = [0]
+        for s in self.sources:
+            self.offsets.append(self.offsets[-1] + len(s))
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def locate(self, idx: int) -> tuple[int, int]:
+        """Global index -> (member, index within the member)."""
+        if not 0 <= idx < len(self):
+            raise IndexError(f"mixture index {idx} out of range [0, {len(self)})")
+        m = bisect.bisect_right(self.offsets, idx) - 1
+        return m, idx - self.offsets[m]
+
+    def _pad_last(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        pad = torch.zeros(*x.shape[:-1], size - x.shape[-1], dtype=x.dtype)
+        return torch.cat([x, pad], dim=-1)
+
+    def _place_cameras(self, imgs: torch.Tensor, slots: list[int]) -> torch.Tensor:
+        """(..., n, 3, Hi, Wi) -> (..., N, 3, Hi, Wi) with the member's cameras at their slots."""
+        out = imgs.new_zeros(*imgs.shape[:-4], len(self.camera_names), *imgs.shape[-3:])
+        out[..., slots, :, :, :] = imgs
+        return out
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        m, local = self.locate(idx)
+        s = dict(self.sources[m][local])
+        norm = self.normalizers[m]
+        if norm is not None:
+            s[T.ACTIONS] = norm.normalize("actions", s[T.ACTIONS])  # (H, d)
+            if "state" in norm.features:
+                s[T.STATE] = norm.normalize("state", s[T.STATE])  # (s,)
+                if STATE_HISTORY in s:
+                    s[STATE_HISTORY] = norm.normalize("state", s[STATE_HISTORY])
+        slots = self.slots[m]
+        image_mask = torch.zeros(len(self.camera_names), dtype=torch.bool)
+        image_mask[slots] = True
+        out = {
+            T.IMAGES: self._place_cameras(s[T.IMAGES], slots),  # (N, 3, Hi, Wi)
+            T.IMAGE_MASK: image_mask,
+            T.STATE: self._pad_last(s[T.STATE], self.state_dim),  # (S_max,)
+            T.STATE_MASK: self._pad_last(s[T.STATE_MASK], self.state_dim),
+            T.ACTIONS: self._pad_last(s[T.ACTIONS], self.action_dim),  # (H, D_max)
+            T.ACTION_PAD: s[T.ACTION_PAD],
+            T.ACTION_DIM_MASK: self._pad_last(s[T.ACTION_DIM_MASK], self.action_dim),
+            T.INSTRUCTION: s[T.INSTRUCTION],
+            T.DATASET_INDEX: torch.tensor(m, dtype=torch.long),
+        }
+        if STATE_HISTORY in s:
+            out[STATE_HISTORY] = self._pad_last(s[STATE_HISTORY], self.state_dim)  # (To, S_max)
+            out[IMAGES_HISTORY] = self._place_cameras(s[IMAGES_HISTORY], slots)  # (To, N, 3, Hi, Wi)
+            out[HISTORY_PAD] = s[HISTORY_PAD]
+        return out
+
+
+class WeightedMixtureSampler(Sampler[int]):
+    """Draws mixture indices with replacement by member weight; shards by rank.
+
+    Every rank builds the same generator from ``seed + epoch`` and draws the same
+    ``num_samples`` indices, then keeps ``indices[rank::world_size]``: ranks see
+    disjoint draws without any communication. Call ``set_epoch`` each epoch.
+    """
+
+    def __init__(
+        self,
+        mixture: MixtureDataset,
+        num_samples: int | None = None,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
+        self.weights = torch.tensor(mixture.weights, dtype=torch.float64)
+        self.lengths = torch.tensor([len(src) for src in mixture.sources], dtype=torch.float64)
+        self.offsets = torch.tensor(mixture.offsets[:-1], dtype=torch.long)
+        empty = [i for i, n in enumerate(self.lengths.tolist()) if n == 0 and mixture.weights[i] > 0]
+        if empty:
+            raise ValueError(f"mixture members {empty} are empty but have a positive weight")
+        total = num_samples if num_samples is not None else len(mixture)
+        self.per_rank = math.ceil(total / world_size)
+        self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __iter__(self) -> Iterator[int]:
+        # Two stages (member by weight, then a uniform frame) rather than one multinomial
+        # over all frames: torch.multinomial is limited to 2**24 categories.
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        n = self.per_rank * self.world_size
+        member = torch.multinomial(self.weights, n, replacement=True, generator=g)  # (n,)
+        local = (torch.rand(n, generator=g, dtype=torch.float64) * self.lengths[member]).long()  # (n,)
+        drawn = self.offsets[member] + local
+        return iter(drawn[self.rank :: self.world_size].tolist())

@@ -1,0 +1,371 @@
+"""The evaluation runner: a policy, a suite, N fixed episodes per task -> success rates with CIs.
+
+    vla eval --checkpoint CKPT --suite mw10 --episodes-per-task 50 --num-envs 4 --out DIR
+    vla eval --policy oracle --suite mw-easy --episodes-per-task 5 --out DIR
+
+Design, and why:
+
+* **Fixed episodes.** Episode ``i`` of task ``t`` starts from the suite's init state
+  ``i`` and has seed ``episode_seed(seed, t, i)``; reference policies draw from that
+  seed alone, so their numbers do not depend on ``--num-envs`` or on scheduling. A
+  model policy is queried for all envs that need a new chunk at once with one
+  ``predict_chunk`` call, seeded from the (episode seed, step) pairs in the batch:
+  identical commands give identical numbers; a different ``--num-envs`` changes batch
+  composition, which only matters for stochastic heads (their noise is drawn per batch).
+* **Render only what is used**: once per ``n_action_steps`` (the policy's new
+  observation), plus every step of the episodes recorded on video. Only the policy's
+  cameras are rendered.
+* **Resumable.** Each finished episode is appended to ``DIR/episodes.jsonl``; a rerun
+  with the same protocol skips them, a rerun with another protocol is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from eval import report
+from eval.reference_policies import REFERENCE_POLICIES, ReferencePolicy
+from eval.suites import Suite, SuiteConfig, get_suite
+from eval.vector_env import EpisodeResult, EpisodeSpec, NeedsChunk, make_vector_env
+from vla.registry import lookup
+
+log = logging.getLogger(__name__)
+
+ChunkFn = Callable[[list[NeedsChunk]], list[np.ndarray]]  # observations -> (K, D) action chunks
+
+
+@dataclass
+class EvalConfig:
+    suite: str = "mw-easy"  # registered suite name (mw-easy, mw10, mw50, libero_spatial, ...)
+    checkpoint: str | None = None  # policy checkpoint dir; or one of:
+    policy: str | None = None  # reference policy: oracle | random
+    server: str | None = None  # ws://HOST:PORT of a running `vla serve`
+    api_key: str | None = None  # the server's API key, if it wants one
+    episodes_per_task: int = 10
+    num_envs: int = 1  # env worker processes (1 = in-process)
+    tasks: str | None = None  # comma-separated task indices or names (default: all)
+    max_steps: int | None = None  # override the suite's step limit (smoke tests)
+    seed: int = 0
+    video_episodes: int = 0  # record the first K episodes of each task
+    video_fps: int = 20
+    device: str = "cpu"
+    out: str = "outputs/eval"
+    n_action_steps: int | None = None  # actions executed per chunk (default: the policy's own)
+    image_size: int | None = None  # override the suite's render size
+    progress: bool = True
+
+    def validate(self) -> None:
+        """Called by the entry points (not __post_init__: draccus builds a default instance first)."""
+        given = [k for k in ("checkpoint", "policy", "server") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of --checkpoint, --policy, --server; got {given or 'none'}")
+        if self.policy and self.policy not in REFERENCE_POLICIES:
+            raise ValueError(f"--policy {self.policy!r}: known reference policies: {', '.join(REFERENCE_POLICIES)}")
+        for k in ("episodes_per_task", "num_envs"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"--{k.replace('_', '-')} must be >= 1; got {getattr(self, k)}")
+
+
+def episode_seed(seed: int, task_index: int, episode_index: int) -> int:
+    """A well-mixed 32-bit seed per (run seed, task, episode)."""
+    return int(np.random.SeedSequence([seed, task_index, episode_index]).generate_state(1)[0])
+
+
+def package_versions() -> dict[str, str | None]:
+    out = {}
+    for name, dist in [
+        ("torch", "torch"),
+        ("transformers", "transformers"),
+        ("mujoco", "mujoco"),
+        ("metaworld", "metaworld"),
+        ("libero", "hf-libero"),
+        ("vla", "vla"),
+    ]:
+        try:
+            out[name] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def weights_hash(policy) -> str:
+    """Content hash of an in-memory policy's weights (what checkpoint_hash is for a saved one)."""
+    h = hashlib.sha256()
+    for k, v in sorted(policy.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def select_tasks(suite: Suite, tasks: str | None) -> list[int]:
+    """``"0,2"`` or ``"reach-v3,push-v3"`` (mixed is fine) -> sorted unique task indices."""
+    if tasks is None or str(tasks).strip() == "":
+        return list(range(len(suite.tasks)))
+    out = set()
+    for item in str(tasks).split(","):
+        item = item.strip()
+        if item.lstrip("-").isdigit():
+            i = int(item)
+            if not 0 <= i < len(suite.tasks):
+                raise IndexError(f"--tasks {item}: suite {suite.name!r} has tasks 0..{len(suite.tasks) - 1}")
+            out.add(i)
+        else:
+            out.add(suite.task_index(item))
+    return sorted(out)
+
+
+# ---- policy sources ---------------------------------------------------------------------------
+class ModelChunker:
+    """Batches observations of all waiting envs into one ``predict_chunk`` call."""
+
+    def __init__(self, policy, n_action_steps: int, device: str) -> None:
+        self.policy, self.n, self.device = policy, n_action_steps, device
+        cfg = policy.config
+        self.cameras = list(cfg.cameras)
+        self.state_key = "env_state" if cfg.state_key == "observation.environment_state" else "state"
+
+    def __call__(self, items: list[NeedsChunk]) -> list[np.ndarray]:
+        import torch
+        from einops import rearrange
+
+        first = items[0].obs
+        missing = [c for c in self.cameras if c not in first["images"]]
+        if missing or self.state_key not in first:
+            raise KeyError(
+                f"the policy needs cameras {self.cameras} and {self.state_key!r}; the suite gives "
+                f"cameras {list(first['images'])} and keys {list(first)} (missing cameras {missing})"
+            )
+        imgs = np.stack([np.stack([it.obs["images"][c] for c in self.cameras]) for it in items])  # (B, N, H, W, 3)
+        images = rearrange(torch.from_numpy(imgs), "b n h w c -> b n c h w").to(self.device)  # uint8
+        state = torch.from_numpy(np.stack([it.obs[self.state_key] for it in items])).float().to(self.device)  # (B, S)
+        seed = int(np.random.SeedSequence([x for it in items for x in (it.spec.seed, it.step)]).generate_state(1)[0])
+        obs = {"images": images, "state": state, "instruction": [it.obs["instruction"] for it in items]}
+        chunk = self.policy.predict_chunk(obs, seed=seed)  # (B, H, D) raw units
+        return list(chunk[:, : self.n].float().cpu().numpy())  # sync point: once per batch
+
+
+class ServerChunker:
+    """Asks a policy server through ``vla.serve.client.PolicyClient``, one connection per env slot.
+
+    Each request carries a seed derived from (episode seed, step): the server then answers
+    deterministically (it runs seeded requests unbatched), so server evaluations repeat
+    exactly and do not depend on ``--num-envs``.
+    """
+
+    def __init__(self, url: str, n_action_steps: int | None, num_envs: int, api_key: str | None = None) -> None:
+        from vla.serve.client import PolicyClient
+
+        self.clients = [PolicyClient(url, api_key=api_key) for _ in range(num_envs)]
+        meta = self.clients[0].get_server_metadata()
+        self.n = n_action_steps or meta.get("action_horizon")
+        if not self.n:
+            raise ValueError(f"{url}: the server does not say its action horizon; pass --n-action-steps")
+        self.n = int(self.n)
+
+    def _one(self, client, it: NeedsChunk) -> np.ndarray:
+        obs = {f"observation.images.{c}": img for c, img in it.obs["images"].items()}
+        obs["observation.state"] = np.asarray(it.obs["state"], dtype=np.float32)
+        obs["prompt"] = it.obs["instruction"]
+        obs["seed"] = int(np.random.SeedSequence([it.spec.seed, it.step]).generate_state(1)[0])
+        actions = np.asarray(client.infer(obs)["actions"])  # (H, D)
+        return actions[: self.n]
+
+    def __call__(self, items: list[NeedsChunk]) -> list[np.ndarray]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(items)) as pool:
+            return list(pool.map(self._one, self.clients, items))
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.close()
+
+
+# ---- the run ----------------------------------------------------------------------------------
+def _build_suite(cfg: EvalConfig, cameras: list[str] | None) -> Suite:
+    """The suite with the run's overrides; ``max_steps`` is applied to the tasks when the suite has no such field."""
+    fields = {f.name for f in dataclasses.fields(lookup(SuiteConfig, cfg.suite, "suite"))}
+    wanted = {"max_steps": cfg.max_steps, "image_size": cfg.image_size, "cameras": tuple(cameras) if cameras else None}
+    bad = [k for k, v in wanted.items() if v is not None and k not in fields and k != "max_steps"]
+    if bad:
+        raise ValueError(f"suite {cfg.suite!r} does not support overriding {bad}")
+    suite = get_suite(cfg.suite, **{k: v for k, v in wanted.items() if v is not None and k in fields})
+    if cfg.max_steps is not None and "max_steps" not in fields:
+        if cfg.max_steps < 1:
+            raise ValueError(f"--max-steps must be >= 1; got {cfg.max_steps}")
+        suite.tasks = [dataclasses.replace(t, max_steps=cfg.max_steps) for t in suite.tasks]
+    return suite
+
+
+def build_protocol(cfg: EvalConfig, suite: Suite, task_ids: list[int], policy_info: dict) -> dict:
+    tasks = []
+    for t in task_ids:
+        task = suite.tasks[t]
+        eps = list(range(cfg.episodes_per_task))
+        tasks.append(
+            {
+                "index": t,
+                "name": task.name,
+                "instruction": task.instruction,
+                "max_steps": task.max_steps,
+                "init_state_indices": eps,
+                "seeds": [episode_seed(cfg.seed, t, i) for i in eps],
+            }
+        )
+    return {
+        "suite": suite.name,
+        "cameras": list(suite.cameras),
+        "image_size": suite.image_size,
+        "episodes_per_task": cfg.episodes_per_task,
+        "seed": cfg.seed,
+        "tasks": tasks,
+        "step_limits": {suite.tasks[t].name: suite.tasks[t].max_steps for t in task_ids},
+        "policy": policy_info,
+        "n_action_steps": policy_info.get("n_action_steps"),
+        "versions": package_versions(),
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def run_evaluation(
+    cfg: EvalConfig,
+    chunker: ChunkFn | None,
+    reference: ReferencePolicy | None,
+    policy_info: dict,
+    cameras: list[str] | None = None,
+    action_dim: int | None = None,
+) -> dict:
+    """Run (or resume) every episode of ``cfg`` not yet in ``cfg.out/episodes.jsonl``; write the report."""
+    suite = _build_suite(cfg, cameras)
+    if reference is not None:
+        reference.check(suite)
+    if action_dim is not None and action_dim != suite.action_dim:
+        raise ValueError(f"the policy predicts {action_dim}-dim actions; suite {suite.name!r} takes {suite.action_dim}")
+    task_ids = select_tasks(suite, cfg.tasks)
+    for t in task_ids:
+        if cfg.episodes_per_task > suite.tasks[t].num_episodes:
+            raise ValueError(
+                f"--episodes-per-task {cfg.episodes_per_task}: task {suite.tasks[t].name!r} has only "
+                f"{suite.tasks[t].num_episodes} fixed init states"
+            )
+    out = Path(cfg.out)
+    protocol = build_protocol(cfg, suite, task_ids, policy_info)
+    episode_log = report.EpisodeLog(out, protocol)
+    todo = deque(
+        EpisodeSpec(t, i, episode_seed(cfg.seed, t, i), record=i < cfg.video_episodes)
+        for t in task_ids
+        for i in range(cfg.episodes_per_task)
+        if not episode_log.done(t, i)
+    )
+    total = len(task_ids) * cfg.episodes_per_task
+    bar = tqdm(total=total, initial=total - len(todo), desc=f"eval {suite.name}", unit="ep", disable=not cfg.progress)
+    if todo:
+        video_dir = str(out / report.VIDEO_DIR) if cfg.video_episodes else None
+        envs = make_vector_env(suite, min(cfg.num_envs, len(todo)), reference, video_dir, cfg.video_fps)
+        try:
+            _rollout(envs, todo, chunker, episode_log, suite, bar)
+        finally:
+            envs.close()
+    bar.close()
+    keep = set(task_ids)
+    records = [r for (t, i), r in sorted(episode_log.records.items()) if t in keep and i < cfg.episodes_per_task]
+    results = report.summarize(records, [t.name for t in suite.tasks])
+    results["protocol"] = protocol
+    results["videos"] = sorted(r["video"] for r in records if r.get("video"))
+    report.write_results(out, results)
+    return results
+
+
+def _rollout(envs, todo: deque, chunker: ChunkFn | None, episode_log, suite: Suite, bar) -> None:
+    """Lock-step rounds: start idle envs, collect one reply from each, one batched policy call."""
+    active: dict[int, EpisodeSpec] = {}
+    n_ok = sum(bool(r["success"]) for r in episode_log.records.values())
+    while todo or active:
+        for i in range(envs.num_envs):
+            if i not in active and todo:
+                active[i] = todo.popleft()
+                envs.send(i, "start", active[i])
+        waiting: list[tuple[int, NeedsChunk]] = []
+        for i in sorted(active):
+            reply = envs.recv(i)
+            if isinstance(reply, EpisodeResult):
+                del active[i]
+                rec = dataclasses.asdict(reply) | {"task": suite.tasks[reply.task_index].name}
+                episode_log.append(rec)
+                n_ok += reply.success
+                bar.update(1)
+                bar.set_postfix(success=f"{n_ok / max(bar.n, 1):.2f}")
+            else:
+                waiting.append((i, reply))
+        if waiting:
+            if chunker is None:
+                raise RuntimeError("an env asked for actions but this evaluation has no model policy")
+            chunks = chunker([r for _, r in waiting])
+            for (i, _), chunk in zip(waiting, chunks, strict=True):
+                envs.send(i, "act", np.asarray(chunk, dtype=np.float32))
+
+
+# ---- entry points -----------------------------------------------------------------------------
+def evaluate_policy(policy, suite_name: str, episodes_per_task: int, out_dir: str | Path, **kw) -> dict:
+    """Evaluate an in-memory ``Policy`` (the trainer's periodic evaluation); kw are EvalConfig fields."""
+    digest = kw.pop("policy_hash", None) or weights_hash(policy)
+    kw.setdefault("device", str(next(policy.parameters()).device))
+    cfg = EvalConfig(
+        suite=suite_name,
+        episodes_per_task=episodes_per_task,
+        out=str(out_dir),
+        checkpoint=kw.pop("checkpoint", None) or "<in-memory>",
+        **kw,
+    )
+    cfg.validate()
+    return _evaluate_model(cfg, policy, digest)
+
+
+def _evaluate_model(cfg: EvalConfig, policy, digest: str) -> dict:
+    pc = policy.config
+    n = cfg.n_action_steps or pc.n_action_steps
+    if not 1 <= n <= pc.chunk_size:
+        raise ValueError(f"n_action_steps={n} must be in [1, chunk_size={pc.chunk_size}]")
+    suite_cfg_cls = lookup(SuiteConfig, cfg.suite, "suite")
+    info = {
+        "name": cfg.checkpoint,
+        "kind": "checkpoint",
+        "checkpoint_hash": digest,
+        "chunk_size": pc.chunk_size,
+        "n_action_steps": n,
+        "cameras": list(pc.cameras),
+        "state_key": pc.state_key,
+    }
+    # render only the cameras the policy reads
+    cams = list(pc.cameras) if "cameras" in {f.name for f in dataclasses.fields(suite_cfg_cls)} else None
+    return run_evaluation(cfg, ModelChunker(policy, n, cfg.device), None, info, cams, action_dim=pc.action_dim)
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """``vla eval``: a checkpoint, a reference policy or a policy server."""
+    cfg.validate()
+    if cfg.policy:
+        info = {"name": cfg.policy, "kind": "reference", "n_action_steps": 1}
+        return run_evaluation(cfg, None, ReferencePolicy(cfg.policy), info)
+    if cfg.server:
+        chunker = ServerChunker(cfg.server, cfg.n_action_steps, cfg.num_envs, cfg.api_key)
+        info = {"name": cfg.server, "kind": "server", "n_action_steps": chunker.n}
+        try:
+            return run_evaluation(cfg, chunker, None, info)
+        finally:
+            chunker.close()
+    from vla.models.policy import Policy, checkpoint_hash
+
+    policy = Policy.load(cfg.checkpoint, device=cfg.device)
+    return _evaluate_model(cfg, policy, checkpoint_hash(cfg.checkpoint))

@@ -1,0 +1,237 @@
+"""The real LIBERO benchmark (hf-libero + robosuite 1.4) as suites.
+
+Suites ``libero_spatial``, ``libero_object``, ``libero_goal``, ``libero_10`` and
+``libero_90``: hf-libero's tasks in its default order, the instruction from the
+BDDL file name (``task.language``), and the **official init states** (the 50 rows
+of each task's ``.pruned_init`` file), restored with ``env.set_init_state``.
+
+Conventions match LeRobot's ``lerobot/libero_*`` datasets and openpi's LIBERO
+example, so policies trained on those data are evaluated on what they saw:
+
+* step limits 280 / 280 / 300 / 520 / 400 (LeRobot's ``TASK_SUITE_MAX_STEPS``),
+  counted after **10 settle steps** of the no-op action ``[0, 0, 0, 0, 0, 0, -1]``
+  that let objects come to rest after the init state is restored;
+* cameras ``image`` = ``agentview`` and ``wrist`` = ``robot0_eye_in_hand``, both
+  rotated 180 degrees (``[::-1, ::-1]``): robosuite's OpenGL frames are upside down;
+* state (8,) = eef position (3) + axis-angle of the eef quaternion (3) +
+  gripper finger qpos (2);
+* action (7,) = delta EEF pose (OSC_POSE, 6) + gripper (-1 open, +1 close);
+* success = ``env.check_success()``.
+
+**Rendering on demand.** A robosuite camera observable renders on every
+``env.step`` (~95 % of a step in software GL, 4 steps/s with two 256 px cameras).
+We build the env with ``use_camera_obs=False`` (no camera observables; the offscreen
+render context still exists) and render cameras ourselves only when an
+observation is requested, with the exact call robosuite's camera sensor makes
+(``sim.render(camera_name, width, height)``, OpenGL convention). Settle steps and
+``step(render=False)`` thus cost physics only.
+
+**Renderer settings.** By default LIBERO renders as it did for its datasets
+(shadows and reflections on). ``fast_render=True`` turns them off (render.py) for
+speed, at the cost of images that differ from the public datasets'.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from eval.suites.base import Observation, StepResult, Suite, SuiteConfig, SuiteEnv, Task
+from eval.suites.libero_setup import ensure_libero
+from eval.suites.render import fast_scene_flags
+
+# LeRobot's TASK_SUITE_MAX_STEPS (lerobot/envs/libero.py): longest training demo + margin
+MAX_STEPS: dict[str, int] = {
+    "libero_spatial": 280,
+    "libero_object": 280,
+    "libero_goal": 300,
+    "libero_10": 520,
+    "libero_90": 400,
+}
+SETTLE_STEPS = 10
+NOOP_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)  # hold still, gripper open
+CAMERAS: dict[str, str] = {"image": "agentview", "wrist": "robot0_eye_in_hand"}  # canonical -> robosuite
+
+
+def libero_state(eef_pos: np.ndarray, eef_quat: np.ndarray, gripper_qpos: np.ndarray) -> np.ndarray:
+    """(8,) float32 state: eef pos (3) + axis-angle of the (x, y, z, w) eef quat (3) + gripper qpos (2)."""
+    from robosuite.utils.transform_utils import quat2axisangle
+
+    return np.concatenate([eef_pos, quat2axisangle(np.array(eef_quat, dtype=np.float64)), gripper_qpos]).astype(
+        np.float32
+    )
+
+
+class LiberoEnv(SuiteEnv):
+    """One LIBERO task in an ``OffScreenRenderEnv``, rendering cameras only on demand."""
+
+    def __init__(
+        self,
+        task: Task,
+        bddl_file: str,
+        cameras: tuple[str, ...],
+        image_size: int,
+        hard_reset: bool = True,
+        fast_render: bool = False,
+        settle_steps: int = SETTLE_STEPS,
+    ) -> None:
+        super().__init__(task)
+        unknown = [c for c in cameras if c not in CAMERAS]
+        if unknown:
+            raise KeyError(f"unknown LIBERO camera(s) {unknown}; known: {', '.join(CAMERAS)}")
+        ensure_libero()
+        from libero.libero.envs import OffScreenRenderEnv
+
+        self.cameras, self.image_size = cameras, image_size
+        self.fast_render, self.settle_steps = fast_render, settle_steps
+        self._env = OffScreenRenderEnv(
+            bddl_file_name=bddl_file,
+            camera_names=[CAMERAS[c] for c in cameras],
+            camera_heights=image_size,
+            camera_widths=image_size,
+            use_camera_obs=False,  # we render on demand, see the module docstring
+            hard_reset=hard_reset,
+        )
+        self._raw: dict | None = None  # last robosuite observation (proprio only)
+
+    def reset(self, episode_index: int) -> Observation:
+        self._check_episode_index(episode_index)
+        self._env.reset()  # hard reset rebuilds the sim (and its render context)
+        self._raw = self._env.set_init_state(self.task.init_states[episode_index])
+        for _ in range(self.settle_steps):
+            self._raw, _, _, _ = self._env.step(NOOP_ACTION)
+        self.steps = 0
+        return self.render_obs()
+
+    def step(self, action: np.ndarray, render: bool = True) -> StepResult:
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != (7,):
+            raise ValueError(f"LIBERO action: expected shape (7,), got {action.shape}")
+        self._raw, reward, _, _ = self._env.step(action)
+        success = bool(self._env.check_success())
+        done = self._advance(success)
+        return StepResult(self.render_obs() if render else None, float(reward), success, done)
+
+    def render_raw(self, camera: str) -> np.ndarray:
+        """A robosuite camera's frame exactly as its camera observable would give it (upside down)."""
+        sim = self._env.sim
+        if self.fast_render:
+            fast_scene_flags(sim._render_context_offscreen.scn)
+        return sim.render(camera_name=camera, width=self.image_size, height=self.image_size)
+
+    def render_obs(self) -> Observation:
+        raw = self._raw
+        images = {c: np.ascontiguousarray(self.render_raw(CAMERAS[c])[::-1, ::-1]) for c in self.cameras}
+        state = libero_state(raw["robot0_eef_pos"], raw["robot0_eef_quat"], raw["robot0_gripper_qpos"])
+        return {"images": images, "state": state, "instruction": self.task.instruction}  # (Hi, Wi, 3), (8,)
+
+    def raw_obs(self) -> dict:
+        """robosuite's last observation dict (proprio keys only; for tests and debugging)."""
+        return self._raw
+
+    def close(self) -> None:
+        if getattr(self._env, "env", None) is not None:
+            self._env.close()
+
+
+@dataclass
+class LiberoSuite(Suite):
+    name: str
+    tasks: list[Task]
+    bddl_files: list[str]
+    cameras: tuple[str, ...]
+    image_size: int
+    hard_reset: bool = True
+    fast_render: bool = False
+    state_dim: int = 8
+    action_dim: int = 7
+
+    def make_env(self, task_index: int) -> LiberoEnv:
+        return LiberoEnv(
+            self.tasks[task_index],
+            self.bddl_files[task_index],
+            self.cameras,
+            self.image_size,
+            hard_reset=self.hard_reset,
+            fast_render=self.fast_render,
+        )
+
+
+@dataclass
+class LiberoSuiteConfig(SuiteConfig):
+    suite: ClassVar[str]
+    cameras: tuple[str, ...] = ("image", "wrist")
+    image_size: int = 256  # LeRobot's/openpi's LIBERO resolution; 128 renders faster
+    episodes: int | None = None  # use only the first N official init states per task
+    task_ids: list[int] = field(default_factory=list)  # restrict to these task indices (default: all)
+    hard_reset: bool = True  # rebuild the sim on reset, as LIBERO's and LeRobot's evaluations do
+    fast_render: bool = False  # shadows/reflections off: faster, but unlike the public datasets
+
+    def build(self) -> LiberoSuite:
+        ensure_libero()
+        import torch
+        from libero.libero import benchmark, get_libero_path
+
+        bench = benchmark.get_benchmark_dict()[self.suite]()
+        ids = self.task_ids or list(range(bench.n_tasks))
+        bad = [i for i in ids if not 0 <= i < bench.n_tasks]
+        if bad:
+            raise IndexError(f"suite {self.suite!r} has {bench.n_tasks} tasks; got task_ids {bad}")
+        tasks, bddl_files = [], []
+        for i in ids:
+            t = bench.get_task(i)
+            init_path = os.path.join(get_libero_path("init_states"), t.problem_folder, t.init_states_file)
+            states = torch.load(init_path, weights_only=False)  # (50, n_state) numpy, LIBERO's own pickle
+            states = [np.asarray(s, dtype=np.float64) for s in states[: self.episodes]]
+            tasks.append(
+                Task(
+                    name=t.name,
+                    env_name=t.name,
+                    instruction=t.language,
+                    max_steps=MAX_STEPS[self.suite],
+                    init_states=tuple(states),
+                )
+            )
+            bddl_files.append(os.path.join(get_libero_path("bddl_files"), t.problem_folder, t.bddl_file))
+        return LiberoSuite(
+            self.suite,
+            tasks,
+            bddl_files,
+            tuple(self.cameras),
+            self.image_size,
+            hard_reset=self.hard_reset,
+            fast_render=self.fast_render,
+        )
+
+
+@SuiteConfig.register_subclass("libero_spatial")
+@dataclass
+class LiberoSpatialConfig(LiberoSuiteConfig):
+    suite: ClassVar[str] = "libero_spatial"
+
+
+@SuiteConfig.register_subclass("libero_object")
+@dataclass
+class LiberoObjectConfig(LiberoSuiteConfig):
+    suite: ClassVar[str] = "libero_object"
+
+
+@SuiteConfig.register_subclass("libero_goal")
+@dataclass
+class LiberoGoalConfig(LiberoSuiteConfig):
+    suite: ClassVar[str] = "libero_goal"
+
+
+@SuiteConfig.register_subclass("libero_10")
+@dataclass
+class Libero10Config(LiberoSuiteConfig):
+    suite: ClassVar[str] = "libero_10"
+
+
+@SuiteConfig.register_subclass("libero_90")
+@dataclass
+class Libero90Config(LiberoSuiteConfig):
+    suite: ClassVar[str] = "libero_90"

@@ -1,0 +1,98 @@
+"""Shared fixtures: small synthetic LeRobot v3 datasets written through our DatasetWriter.
+
+Datasets are built once per session (video encoding is the slow part) and copied when
+a test needs to corrupt one. Values are deterministic so statistics can be checked.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may be fetched from the hub in tests
+
+from data_pipelines.writer import DatasetWriter, make_features  # noqa: E402
+
+THREE_CAMS = {"left_wrist_cam": (32, 32), "overhead": (32, 32), "zed_right": (32, 32)}
+MW_CAMS = {"corner": (32, 32), "wrist": (32, 32)}
+
+
+def synthetic_episode(
+    rng: np.random.Generator, length: int, cameras: dict[str, tuple[int, int]], state_dim: int, action_dim: int
+) -> dict[str, np.ndarray]:
+    """Smooth random-walk state/action and images whose mean brightness follows the frame index."""
+    frames: dict[str, np.ndarray] = {}
+    for name, (h, w) in cameras.items():
+        base = np.linspace(0, 200, length, dtype=np.float32)[:, None, None, None]
+        noise = rng.integers(0, 40, size=(length, h, w, 3))
+        frames[f"observation.images.{name}"] = np.clip(base + noise, 0, 255).astype(np.uint8)
+    if state_dim:
+        frames["observation.state"] = np.cumsum(rng.normal(size=(length, state_dim)), 0).astype(np.float32)
+    frames["action"] = rng.normal(size=(length, action_dim)).astype(np.float32)
+    return frames
+
+
+def write_dataset(
+    out: Path,
+    cameras: dict[str, tuple[int, int]],
+    state_dim: int,
+    action_dim: int,
+    lengths: list[int],
+    tasks: list[str],
+    seed: int = 0,
+    use_videos: bool = True,
+    fps: int = 10,
+) -> Path:
+    rng = np.random.default_rng(seed)
+    feats = make_features(cameras, state_dim, action_dim, use_videos=use_videos)
+    with DatasetWriter(out, fps=fps, features=feats, robot_type="synthetic", use_videos=use_videos) as w:
+        for i, n in enumerate(lengths):
+            w.add_episode(synthetic_episode(rng, n, cameras, state_dim, action_dim), task=tasks[i % len(tasks)])
+    return out
+
+
+@pytest.fixture(scope="session")
+def three_cam_dataset(tmp_path_factory) -> Path:
+    """3 oddly named cameras (video), 7-dim state, 14-dim action, 3 episodes of 20-36 frames."""
+    out = tmp_path_factory.mktemp("ds") / "bimanual"
+    return write_dataset(out, THREE_CAMS, 7, 14, [30, 20, 36], ["fold the towel", "stack the cups"], seed=1)
+
+
+@pytest.fixture(scope="session")
+def metaworld_layout_dataset(tmp_path_factory) -> Path:
+    """The MetaWorld layout: 2 cameras stored as images in parquet, 4-dim state and action."""
+    out = tmp_path_factory.mktemp("ds") / "mw"
+    return write_dataset(out, MW_CAMS, 4, 4, [24, 20], ["reach the goal"], seed=2, use_videos=False)
+
+
+@pytest.fixture
+def make_episode():
+    """``make_episode(rng, T, cameras, S, D)`` -> frames dict for DatasetWriter.add_episode."""
+    return synthetic_episode
+
+
+@pytest.fixture
+def write_synthetic():
+    """``write_synthetic(out, cameras, S, D, lengths, tasks, ...)`` -> path of a new dataset."""
+    return write_dataset
+
+
+@pytest.fixture
+def mw_cams() -> dict[str, tuple[int, int]]:
+    return dict(MW_CAMS)
+
+
+@pytest.fixture
+def copy_dataset(tmp_path):
+    """Copy a session dataset so a test may corrupt it."""
+
+    def _copy(src: Path, name: str = "copy") -> Path:
+        dst = tmp_path / name
+        shutil.copytree(src, dst)
+        return dst
+
+    return _copy

@@ -1,0 +1,323 @@
+"""The evaluation runner on real simulators: reference policies, a tiny checkpoint, resume, determinism.
+
+Images are rendered at 64 px where the test allows it (rendering dominates on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import vla.models.heads.regression  # noqa: F401  (registers "regression" even before heads/__init__ does)
+from eval.report import EPISODES_FILE
+from eval.runner import EvalConfig, episode_seed, evaluate, evaluate_policy, select_tasks
+from eval.suites import get_suite
+from vla.models.backbones.base import BackboneConfig
+from vla.models.heads.base import HeadConfig
+from vla.models.policy import Policy, PolicyConfig, checkpoint_hash
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _strip(results: dict) -> dict:
+    """results.json minus what may differ between identical runs (the timestamp)."""
+    out = json.loads(json.dumps(results))
+    out["protocol"].pop("timestamp")
+    return out
+
+
+def _read(out: Path) -> dict:
+    return _strip(json.loads((out / "results.json").read_text()))
+
+
+@pytest.fixture(scope="module")
+def tiny_policy() -> Policy:
+    """SmolVLM tiny + regression head with mw-easy's cameras and dims, random weights."""
+    torch.manual_seed(0)
+    cfg = PolicyConfig(
+        backbone=BackboneConfig.get_choice_class("smolvlm")(preset="tiny"),
+        head=HeadConfig.get_choice_class("regression")(),
+        chunk_size=8,
+        n_action_steps=4,
+        cameras=["image", "wrist"],
+        state_dim=4,
+        action_dim=4,
+    )
+    stats = {"state": {"mean": [0.0] * 4, "std": [1.0] * 4}, "actions": {"mean": [0.0] * 4, "std": [0.5] * 4}}
+    return Policy(cfg, stats).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tiny_policy, tmp_path_factory) -> Path:
+    return tiny_policy.save(tmp_path_factory.mktemp("ckpt") / "policy")
+
+
+# ---- pure parts -------------------------------------------------------------------------------
+def test_task_selection_seeds_and_config_checks():
+    suite = get_suite("mw-easy")
+    assert select_tasks(suite, None) == [0, 1, 2, 3, 4]
+    assert select_tasks(suite, "3,reach-v3, 3") == [0, 3]
+    with pytest.raises(IndexError, match="tasks 0..4"):
+        select_tasks(suite, "7")
+    with pytest.raises(KeyError, match="no task 'nope'"):
+        select_tasks(suite, "nope")
+    seeds = {episode_seed(0, t, i) for t in range(5) for i in range(50)}
+    assert len(seeds) == 250 and episode_seed(0, 1, 2) == episode_seed(0, 1, 2) != episode_seed(1, 1, 2)
+    with pytest.raises(ValueError, match="exactly one of"):
+        evaluate(EvalConfig(policy="random", checkpoint="x"))
+    with pytest.raises(ValueError, match="known reference policies"):
+        evaluate(EvalConfig(policy="expert"))
+    with pytest.raises(ValueError, match="only 50 fixed init states"):
+        evaluate(EvalConfig(policy="random", episodes_per_task=51, out="/nonexistent/never-written"))
+
+
+def test_oracle_refused_on_libero(tmp_path):
+    with pytest.raises(ValueError, match="no scripted experts"):
+        evaluate(EvalConfig(policy="oracle", suite="libero_spatial", tasks="0", episodes_per_task=1, out=str(tmp_path)))
+
+
+# ---- reference policies on MetaWorld ----------------------------------------------------------
+@pytest.mark.sim
+def test_oracle_solves_and_random_fails_mw_easy(tmp_path):
+    oracle = evaluate(
+        EvalConfig(
+            policy="oracle",
+            suite="mw-easy",
+            episodes_per_task=3,
+            image_size=64,
+            out=str(tmp_path / "oracle"),
+            progress=False,
+        )
+    )
+    assert oracle["average_success"] >= 0.9, oracle["tasks"]
+    assert all(t["episodes"] == 3 for t in oracle["tasks"].values()) and len(oracle["tasks"]) == 5
+    rand = evaluate(
+        EvalConfig(
+            policy="random",
+            suite="mw-easy",
+            episodes_per_task=3,
+            image_size=64,
+            out=str(tmp_path / "random"),
+            progress=False,
+        )
+    )
+    assert rand["average_success"] <= 0.1, rand["tasks"]
+    # the oracle finishes early, random runs to the step limit
+    assert all(t["mean_length"] < 150 for t in oracle["tasks"].values())
+    assert all(t["mean_length"] == 150 for t in rand["tasks"].values() if t["successes"] == 0)
+
+
+@pytest.mark.sim
+@pytest.mark.slow
+def test_oracle_and_random_mw_easy_full(tmp_path):
+    kw = dict(suite="mw-easy", episodes_per_task=5, image_size=64, num_envs=2, progress=False)
+    assert evaluate(EvalConfig(policy="oracle", out=str(tmp_path / "o"), **kw))["average_success"] >= 0.9
+    assert evaluate(EvalConfig(policy="random", out=str(tmp_path / "r"), **kw))["average_success"] <= 0.1
+
+
+# ---- determinism and resume -------------------------------------------------------------------
+@pytest.mark.sim
+def test_repeatable_across_runs_and_num_envs_and_resumes(tmp_path):
+    kw = dict(
+        policy="random", suite="mw-easy", tasks="0,1", episodes_per_task=3, max_steps=30, image_size=64, progress=False
+    )
+    a = _strip(evaluate(EvalConfig(out=str(tmp_path / "a"), **kw)))
+    b = _strip(evaluate(EvalConfig(out=str(tmp_path / "b"), **kw)))
+    c = _strip(evaluate(EvalConfig(out=str(tmp_path / "c"), num_envs=2, **kw)))  # spawn workers
+    assert a == b == c == _read(tmp_path / "a")
+    lines = (tmp_path / "a" / EPISODES_FILE).read_text().splitlines()
+    assert len(lines) == 6
+
+    # An interrupted run: two finished episodes and a line cut short by the kill.
+    shutil.copytree(tmp_path / "a", tmp_path / "d")
+    (tmp_path / "d" / "results.json").unlink()
+    (tmp_path / "d" / EPISODES_FILE).write_text(lines[0] + "\n" + lines[1] + "\n" + lines[2][:25])
+    d = _strip(evaluate(EvalConfig(out=str(tmp_path / "d"), **kw)))
+    assert d == a
+    resumed = (tmp_path / "d" / EPISODES_FILE).read_text().splitlines()
+    assert resumed[:2] == lines[:2] and len(resumed) == 6  # nothing redone, nothing duplicated
+    assert sorted(resumed) == sorted(lines)
+
+    with pytest.raises(ValueError, match="different evaluation protocol.*seed"):
+        evaluate(EvalConfig(out=str(tmp_path / "d"), **(kw | {"seed": 1})))
+
+
+@pytest.mark.sim
+@pytest.mark.slow
+def test_killed_cli_run_resumes_to_the_same_results(tmp_path):
+    args = [
+        "--policy",
+        "random",
+        "--suite",
+        "mw-easy",
+        "--tasks",
+        "0",
+        "--episodes-per-task",
+        "4",
+        "--image-size",
+        "64",
+        "--progress",
+        "false",
+    ]
+    ref = evaluate(
+        EvalConfig(
+            policy="random",
+            suite="mw-easy",
+            tasks="0",
+            episodes_per_task=4,
+            image_size=64,
+            out=str(tmp_path / "ref"),
+            progress=False,
+        )
+    )
+    out = tmp_path / "killed"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vla", "eval", *args, "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    log = out / EPISODES_FILE
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and log.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = log.read_text().count("\n")
+    assert 1 <= done < 4, f"the run was not interrupted mid-way ({done} episodes done)"
+    from vla.cli.main import main
+
+    assert main(["eval", *args, "--out", str(out)]) == 0
+    assert _read(out) == _strip(ref) | {"protocol": _read(out)["protocol"]}
+    assert _read(out)["tasks"] == _strip(ref)["tasks"]
+    assert len(log.read_text().splitlines()) == 4
+
+
+# ---- LIBERO smoke -----------------------------------------------------------------------------
+@pytest.mark.sim
+def test_libero_random_cli_and_api(tmp_path):
+    from vla.cli.main import main
+
+    cli_out = tmp_path / "cli"
+    rc = main(
+        [
+            "eval",
+            "--policy",
+            "random",
+            "--suite",
+            "libero_spatial",
+            "--tasks",
+            "0",
+            "--episodes-per-task",
+            "1",
+            "--max-steps",
+            "20",
+            "--num-envs",
+            "1",
+            "--out",
+            str(cli_out),
+        ]
+    )
+    assert rc == 0
+    res = json.loads((cli_out / "results.json").read_text())
+    (task,) = res["tasks"].values()
+    assert task["episodes"] == 1 and task["mean_length"] <= 20 and 0.0 <= res["average_success"] <= 1.0
+    proto = res["protocol"]
+    assert proto["suite"] == "libero_spatial" and proto["tasks"][0]["init_state_indices"] == [0]
+    assert proto["step_limits"] == {task_name: 20 for task_name in res["tasks"]}
+    assert set(proto["versions"]) >= {"torch", "transformers", "mujoco", "metaworld", "libero"}
+    api = evaluate(
+        EvalConfig(
+            policy="random",
+            suite="libero_spatial",
+            tasks="0",
+            episodes_per_task=1,
+            max_steps=20,
+            out=str(tmp_path / "api"),
+            progress=False,
+        )
+    )
+    assert _strip(api) == _strip(res)
+
+
+# ---- a model policy -----------------------------------------------------------------------------
+@pytest.mark.sim
+def test_tiny_checkpoint_end_to_end(tiny_policy, tiny_checkpoint, tmp_path):
+    kw = dict(suite="mw-easy", tasks="reach-v3", episodes_per_task=2, max_steps=12, image_size=64, progress=False)
+    res = evaluate(EvalConfig(checkpoint=str(tiny_checkpoint), video_episodes=1, out=str(tmp_path / "ckpt"), **kw))
+    task = res["tasks"]["reach-v3"]
+    assert task["episodes"] == 2 and task["mean_length"] <= 12
+    proto = res["protocol"]
+    assert proto["policy"]["checkpoint_hash"] == checkpoint_hash(tiny_checkpoint)
+    assert proto["n_action_steps"] == 4 and proto["cameras"] == ["image", "wrist"]
+    (video,) = res["videos"]
+    assert video.startswith("reach-v3_ep000_") and video.endswith(("_success.mp4", "_failure.mp4"))
+    assert (tmp_path / "ckpt" / "videos" / video).stat().st_size > 0
+    assert (tmp_path / "ckpt" / "success.png").exists() and (tmp_path / "ckpt" / "results.md").exists()
+    # The same weights in memory (the trainer's path) score the same episodes the same way.
+    mem = evaluate_policy(
+        tiny_policy, "mw-easy", 2, tmp_path / "mem", tasks="reach-v3", max_steps=12, image_size=64, progress=False
+    )
+    assert mem["tasks"] == res["tasks"]
+
+
+@pytest.mark.sim
+def test_eval_sweep_names_the_best_checkpoint(tiny_policy, tiny_checkpoint, tmp_path):
+    from vla.cli.main import main
+
+    run = tmp_path / "run"
+    for step in (5, 10):
+        shutil.copytree(tiny_checkpoint, run / "checkpoints" / f"step_{step:07d}")
+    rc = main(
+        [
+            "eval-sweep",
+            str(run),
+            "--suite",
+            "mw-easy",
+            "--tasks",
+            "0",
+            "--episodes-per-task",
+            "1",
+            "--max-steps",
+            "8",
+            "--image-size",
+            "64",
+            "--progress",
+            "false",
+        ]
+    )
+    assert rc == 0
+    out = run / "eval_sweep" / "mw-easy"
+    summary = json.loads((out / "sweep.json").read_text())
+    assert [r["step"] for r in summary["checkpoints"]] == [5, 10]
+    assert summary["best"]["step"] == 10  # identical weights tie; the later step wins
+    assert (out / "success_vs_step.png").exists() and "**best**" in (out / "sweep.md").read_text()
+    assert (out / "step_0000005" / "results.json").exists()
+
+
+@pytest.mark.sim
+def test_server_eval_matches_in_process(tiny_policy, tiny_checkpoint, tmp_path):
+    """`--server`: the same episodes through the websocket protocol score as in-process (deterministic head)."""
+    from vla.serve.server import PolicyServer, ServeConfig, ServerThread
+
+    kw = dict(suite="mw-easy", tasks="0", episodes_per_task=2, max_steps=8, image_size=64, progress=False)
+    local = evaluate(EvalConfig(checkpoint=str(tiny_checkpoint), out=str(tmp_path / "local"), **kw))
+    cfg = ServeConfig(checkpoint=str(tiny_checkpoint), host="127.0.0.1", port=0)
+    with ServerThread(PolicyServer(tiny_policy, cfg)) as thread:
+        remote = evaluate(EvalConfig(server=thread.url, out=str(tmp_path / "remote"), **kw))
+    assert remote["protocol"]["policy"] == {"name": thread.url, "kind": "server", "n_action_steps": 4}
+    assert remote["tasks"] == local["tasks"]

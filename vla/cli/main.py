@@ -1,0 +1,68 @@
+"""The `vla` command: one entry point, one module per subcommand.
+
+Each subcommand module exposes ``main(argv) -> int`` and a one-line ``SUMMARY``;
+modules are imported only when their subcommand runs, so `vla --help` is instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+SUBCOMMANDS = {
+    "data": "vla.cli.data",
+    "train": "vla.cli.train",
+    "export": "vla.cli.export",
+    "eval": "vla.cli.eval",
+    "eval-sweep": "vla.cli.eval_sweep",
+    "serve": "vla.cli.serve",
+    "bench": "vla.cli.bench",
+}
+
+SUMMARIES = {
+    "data": "generate, validate, inspect, convert datasets; compute statistics; fit the FAST tokenizer",
+    "train": "train a policy (one process, or many under `accelerate launch -m vla train`)",
+    "export": "consolidate a training checkpoint (DeepSpeed ZeRO too) into a plain policy checkpoint",
+    "eval": "score a checkpoint (or a reference policy) on a simulated suite",
+    "eval-sweep": "evaluate every checkpoint of a training run and name the best",
+    "serve": "serve a policy over websockets (openpi-compatible protocol)",
+    "bench": "benchmarks with JSON output: data, train, infer, eval, serve",
+}
+
+
+def usage() -> str:
+    width = max(map(len, SUBCOMMANDS))
+    lines = [
+        "usage: vla <command> [options]   (vla <command> --help for its options)",
+        "",
+        "Vision-language-action policies: data, training, evaluation, serving.",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name.ljust(width)}  {SUMMARIES[name]}" for name in SUBCOMMANDS]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering for data generation and evaluation
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name = argv[0]
+    if name not in SUBCOMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(SUBCOMMANDS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        print(f"vla: unknown command {name!r}.{hint}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[name])
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,436 @@
+"""What the three VLM families share: the encode/decode machinery, masks, image ops, training options.
+
+Every family runs the same way: the vision tower's features are scattered into the
+image-placeholder embeddings, an optional state token is appended, and the *text
+model* (not the HF ``forward`` of the whole VLM) runs over these embeddings with a
+4-D attention mask and position ids we build ourselves. Owning mask and positions
+is what lets one code path do a bidirectional prefix, a causal suffix for teacher
+forcing, padding anywhere, missing cameras, and a KV-cached ``decode_step`` whose
+positions continue exactly where the one-pass forward would have put them.
+
+A family file only says how its pixels are laid out (``pixel_inputs``), how its
+vision tower is called (``image_features``), what the token layout of one camera is
+and, for Qwen, how 3-D rotary positions are computed (``position_ids``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+from transformers import DynamicCache
+
+from vla.models.backbones.base import Backbone, BackboneConfig
+from vla.shapes import check_shape
+from vla.types import Prefix
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class VLMConfig(BackboneConfig):
+    """Options every family adds to ``BackboneConfig``.
+
+    ``init_device``: where a preset's random weights are created; the scale presets default
+    to ``meta`` (no memory, for parameter counts), a GPU benchmark passes ``cuda``.
+    ``prefix_attention``: ``bidirectional`` or ``causal`` among prefix tokens; empty means the
+    family default (PaliGemma bidirectional as in its prefix-LM pretraining, the others causal).
+    ``image_size``: overrides the preset's square input resolution (Qwen accepts any multiple of 28).
+    """
+
+    init_device: str | None = None
+    prefix_attention: str = ""
+    image_size: int | None = None
+    dtype: str | None = None  # "bfloat16", "float16", "float32"; None: float32 (presets) or the checkpoint's
+
+    def __post_init__(self):
+        if self.dtype is not None and not isinstance(getattr(torch, self.dtype, None), torch.dtype):
+            raise ValueError(f"dtype must name a torch dtype (e.g. 'bfloat16'), got {self.dtype!r}")
+        if self.state_mode not in ("token", "head"):
+            raise ValueError(f"state_mode must be 'token' or 'head', got {self.state_mode!r}")
+        if self.prefix_attention not in ("", "bidirectional", "causal"):
+            raise ValueError(f"prefix_attention must be '', 'bidirectional' or 'causal', got {self.prefix_attention!r}")
+        if self.num_layers is not None and self.num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1 or None, got {self.num_layers}")
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def instantiate(cfg: VLMConfig, model_cls: type, config) -> nn.Module:
+    """Random-weight model from a config: on CPU for ``tiny``, on ``meta`` for scale presets unless
+    ``init_device`` says otherwise (building a 3B model directly on the GPU takes seconds, on the CPU minutes)."""
+    device = cfg.init_device or ("cpu" if cfg.preset == "tiny" else "meta")
+    with torch.device(device):
+        return model_cls._from_config(
+            config, attn_implementation=cfg.attn_implementation, dtype=getattr(torch, cfg.dtype or "float32")
+        )
+
+
+def load_pretrained(cfg: VLMConfig, **processor_kwargs):
+    """Real ``from_pretrained`` of model and processor (hub id or local directory) -> (model, processor)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    kwargs = {"attn_implementation": cfg.attn_implementation}
+    if cfg.dtype is not None:
+        kwargs["dtype"] = getattr(torch, cfg.dtype)
+    model = AutoModelForImageTextToText.from_pretrained(cfg.pretrained, **kwargs)
+    return model, AutoProcessor.from_pretrained(cfg.pretrained, **processor_kwargs)
+
+
+# ----------------------------------------------------------------------------- pure tensor helpers
+
+
+def resize_normalize(images: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(M, 3, Hi, Wi) in [0, 1] -> (M, 3, size, size) normalized, on the images' device.
+
+    Bicubic with antialiasing is what the torchvision backends of the HF image processors do;
+    the clamp mimics their uint8 round trip (bicubic overshoots).
+    """
+    if images.shape[-2:] != (size, size):
+        images = F.interpolate(images, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+        images = images.clamp(0.0, 1.0)
+    return (images - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+
+def build_attention_mask(
+    prefix_mask: torch.Tensor, suffix_mask: torch.Tensor | None, bidirectional: bool, dtype: torch.dtype
+) -> torch.Tensor:
+    """Additive mask (B, 1, T, T), T = Tp + Ts: 0 where attention is allowed, dtype-min elsewhere.
+
+    Prefix queries see real prefix keys (all of them if ``bidirectional``, else earlier ones);
+    suffix query i sees every real prefix key, earlier real suffix keys and itself. Every
+    token sees itself, so padded rows stay finite. Additive (not bool) so eager and sdpa agree.
+    """
+    B, Tp = prefix_mask.shape
+    Ts = 0 if suffix_mask is None else suffix_mask.shape[1]
+    T = Tp + Ts
+    idx = torch.arange(T, device=prefix_mask.device)
+    causal = idx[None, :] <= idx[:, None]  # (T, T) key j <= query i
+    key_real = prefix_mask if suffix_mask is None else torch.cat([prefix_mask, suffix_mask], 1)  # (B, T)
+    allowed = key_real[:, None, :] & causal[None]  # (B, T, T)
+    if bidirectional:
+        allowed[:, :Tp, :Tp] = prefix_mask[:, None, :].expand(B, Tp, Tp)
+    allowed |= torch.eye(T, dtype=torch.bool, device=prefix_mask.device)[None]
+    out = torch.zeros(B, 1, T, T, dtype=dtype, device=prefix_mask.device)
+    return out.masked_fill(~allowed[:, None], torch.finfo(dtype).min)
+
+
+# ----------------------------------------------------------------------------- training options
+
+
+def truncate_layers(lm: nn.Module, text_configs: list, num_layers: int) -> None:
+    """Keep the first ``num_layers`` decoder layers (SmolVLA-style) and say so in the configs.
+
+    The configs matter: DynamicCache sizes itself from ``num_hidden_layers``/``layer_types``
+    and Gemma's forward slices ``layers[: num_hidden_layers]``.
+    """
+    have = len(lm.layers)
+    if num_layers > have:
+        raise ValueError(f"num_layers={num_layers} but the language model has only {have} layers")
+    lm.layers = nn.ModuleList(list(lm.layers)[:num_layers])
+    for cfg in text_configs:
+        cfg.num_hidden_layers = num_layers
+        if getattr(cfg, "layer_types", None) is not None:
+            cfg.layer_types = list(cfg.layer_types)[:num_layers]
+        if getattr(cfg, "max_window_layers", None) is not None:
+            cfg.max_window_layers = min(cfg.max_window_layers, num_layers)
+
+
+def add_lora(lm: nn.Module, rank: int, alpha: int) -> None:
+    """peft LoRA on the language model's attention and MLP projections; the LM's own weights freeze."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    for p in lm.parameters():
+        p.requires_grad_(False)
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, target_modules=LORA_TARGETS), lm)
+    for name, p in lm.named_parameters():
+        p.requires_grad_("lora_" in name)
+
+
+def enable_checkpointing(model: nn.Module) -> None:
+    """Activation checkpointing on every decoder/vision layer; non-reentrant so frozen inputs still backprop."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+# ----------------------------------------------------------------------------- the shared wrapper
+
+
+class VLMBackbone(Backbone):
+    """A transformers VLM behind the Backbone contract. Family subclasses fill the hooks at the bottom.
+
+    Token layout of one sample (T0 = N * len(camera block) + max_text_tokens, plus 1 with a state token):
+    ``[camera block] * N  [text prefix ids, instruction, text suffix ids, pad ...]  [state]``.
+    Padding sits inside the sequence; the mask and the positions (which skip masked tokens) make
+    that equivalent to left-packed sequences.
+    """
+
+    def __init__(
+        self,
+        cfg: VLMConfig,
+        model: nn.Module,
+        processor,
+        *,
+        lm: nn.Module,
+        text_config,
+        state_dim: int,
+        num_cameras: int,
+        image_size: int,
+        image_mean: list[float],
+        image_std: list[float],
+        image_token_id: int,
+        camera_ids: list[int],
+        text_prefix_ids: list[int],
+        text_suffix_ids: list[int],
+        bidirectional_default: bool,
+        position_offset: int = 0,
+    ):
+        super().__init__()
+        self.cfg = cfg
+        self.model = model
+        self.processor = processor  # kept for save_pretrained and the tokenizer
+        self.tokenizer = processor.tokenizer
+        self.lm = lm
+        self.state_dim = state_dim
+        self.num_cameras = num_cameras
+        self.image_size = image_size
+        self.image_token_id = image_token_id
+        self.camera_ids = list(camera_ids)
+        self.text_prefix_ids = list(text_prefix_ids)
+        self.text_suffix_ids = list(text_suffix_ids)
+        self.position_offset = position_offset
+        self.bidirectional_prefix = (
+            bidirectional_default if not cfg.prefix_attention else cfg.prefix_attention == "bidirectional"
+        )
+        budget = cfg.max_text_tokens - len(self.text_prefix_ids) - len(self.text_suffix_ids)
+        if budget < 1:
+            raise ValueError(f"max_text_tokens={cfg.max_text_tokens} leaves no room for the instruction")
+        self.width = text_config.hidden_size
+        self.num_heads = text_config.num_attention_heads
+        self.num_kv_heads = text_config.num_key_value_heads
+        self.head_dim = getattr(text_config, "head_dim", None) or self.width // self.num_heads
+        # some checkpoints ship no pad token; padded slots are masked, so any id works
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        device = next(model.parameters()).device
+        self.register_buffer("image_mean", torch.tensor(image_mean, device=device), persistent=False)
+        self.register_buffer("image_std", torch.tensor(image_std, device=device), persistent=False)
+        dtype = next(model.parameters()).dtype
+        self.state_proj = (
+            nn.Linear(state_dim, self.width, device=device, dtype=dtype) if cfg.state_mode == "token" else None
+        )
+
+        if cfg.num_layers is not None:
+            truncate_layers(lm, [text_config, lm.config], cfg.num_layers)
+        self.num_layers = len(lm.layers)
+        if cfg.freeze_vlm:
+            model.requires_grad_(False)
+        elif cfg.freeze_vision:
+            for m in self.vision_modules():
+                m.requires_grad_(False)
+        if cfg.lora_rank > 0:
+            add_lora(lm, cfg.lora_rank, cfg.lora_alpha)
+            model.lm_head.requires_grad_(False)  # an untied head (SmolVLM) is base weight too
+        if cfg.gradient_checkpointing:
+            enable_checkpointing(model)
+
+    # ------------------------------------------------------------------ contract
+
+    def prepare_inputs(self, images, image_mask, instruction):
+        dims = check_shape("images", images, "B N 3 Hi Wi")
+        check_shape("image_mask", image_mask, "B N", B=dims["B"], N=dims["N"])
+        if len(instruction) != dims["B"]:
+            raise ValueError(f"instruction: expected {dims['B']} strings, got {len(instruction)}")
+        N, device = dims["N"], images.device
+        image_mask = image_mask.bool()
+        images = images * image_mask[:, :, None, None, None].to(images.dtype)  # missing camera -> black image
+        flat = rearrange(images, "b n c h w -> (b n) c h w")
+        pixels = resize_normalize(flat, self.image_size, self.image_mean, self.image_std)  # (B*N, 3, S, S)
+        inputs = self.pixel_inputs(pixels)
+
+        budget = self.cfg.max_text_tokens - len(self.text_prefix_ids) - len(self.text_suffix_ids)
+        text_ids, text_mask = [], []
+        for words in self.tokenizer(list(instruction), add_special_tokens=False)["input_ids"]:
+            text = self.text_prefix_ids + words[:budget] + self.text_suffix_ids
+            pad = self.cfg.max_text_tokens - len(text)
+            text_ids.append(text + [self.pad_id] * pad)
+            text_mask.append([True] * len(text) + [False] * pad)
+        cam_ids = torch.tensor(self.camera_ids * N, device=device).expand(dims["B"], -1)  # (B, N*C)
+        cam_mask = image_mask.repeat_interleave(len(self.camera_ids), dim=1)  # (B, N*C)
+        inputs["input_ids"] = torch.cat([cam_ids, torch.tensor(text_ids, device=device)], 1)  # (B, T0)
+        inputs["attention_mask"] = torch.cat([cam_mask, torch.tensor(text_mask, device=device)], 1)  # (B, T0)
+        return inputs
+
+    def encode(
+        self,
+        inputs,
+        state=None,
+        *,
+        with_kv=False,
+        suffix_embeds=None,
+        suffix_mask=None,
+        use_cache=False,
+        state_mask=None,
+    ):
+        ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
+        B = ids.shape[0]
+        x = self.embed_tokens(ids)  # (B, T0, W)
+        feats = self.image_features(inputs).to(x.dtype)  # (B*N, n, W)
+        num_cams = (ids.shape[1] - self.cfg.max_text_tokens) // len(self.camera_ids)
+        per_cam = self.camera_ids.count(self.image_token_id)
+        if feats.shape[:2] != (B * num_cams, per_cam):  # checked from shapes: no host sync
+            raise ValueError(
+                f"input_ids (B={B}, T0={ids.shape[1]}) hold {num_cams} camera(s) x {per_cam} image tokens, "
+                f"but the vision tower gave {tuple(feats.shape)}"
+            )
+        x = x.masked_scatter((ids == self.image_token_id)[..., None], feats)  # camera-major, token order
+
+        if state is not None:
+            check_shape("state", state, "B S", B=B, S=self.state_dim)
+            state_mask = torch.ones_like(state, dtype=torch.bool) if state_mask is None else state_mask.bool()
+        if self.state_proj is not None:
+            if state is None:
+                raise ValueError("state_mode='token' needs the state (B, S); got None")
+            token = self.state_proj((state * state_mask).to(x.dtype))[:, None]  # (B, 1, W)
+            x = torch.cat([x, token], 1)
+            ids = torch.cat([ids, ids.new_full((B, 1), self.pad_id)], 1)
+            mask = torch.cat([mask, mask.new_ones(B, 1)], 1)
+        pos = self.position_ids(ids, mask, inputs)  # (B, Tp) or (3, B, Tp)
+        next_pos = pos.masked_fill(~mask, 0).amax(-1) + 1  # (B,) or (3, B)
+        if next_pos.ndim == 2:
+            next_pos = next_pos.amax(0)  # Qwen: text after vision continues after the largest of t/h/w
+
+        full_mask, s_mask = mask, None
+        if suffix_embeds is not None:
+            Ts = check_shape("suffix_embeds", suffix_embeds, "B Ts W", B=B, W=self.width)["Ts"]
+            s_mask = torch.ones(B, Ts, dtype=torch.bool, device=x.device) if suffix_mask is None else suffix_mask
+            check_shape("suffix_mask", s_mask, "B Ts", B=B, Ts=Ts)
+            s_mask = s_mask.bool()
+            x = torch.cat([x, suffix_embeds.to(x.dtype)], 1)
+            s_pos = next_pos[:, None] + torch.arange(Ts, device=x.device)  # (B, Ts)
+            pos = torch.cat([pos, s_pos.expand(pos.shape[:-1] + (Ts,))], -1)
+            next_pos = next_pos + Ts
+            full_mask = torch.cat([mask, s_mask], 1)
+
+        attn = build_attention_mask(mask, s_mask, self.bidirectional_prefix, x.dtype)
+        checkpointing = self.training and any(
+            getattr(layer, "gradient_checkpointing", False) for layer in self.lm.layers
+        )
+        if use_cache and checkpointing:
+            raise RuntimeError("use_cache is for inference: transformers drops the cache under gradient checkpointing")
+        keys = values = None
+        if with_kv and checkpointing:  # no cache under checkpointing: recompute K/V from each layer's input
+            out, keys, values = self._forward_recording_kv(x, attn, pos)
+        else:
+            need_cache = with_kv or use_cache
+            cache = DynamicCache(config=self.lm.config) if need_cache else None
+            out = self.lm(
+                inputs_embeds=x, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=need_cache
+            )
+            if with_kv:
+                keys = [layer.keys for layer in cache.layers]  # L x (B, K, T, Dh)
+                values = [layer.values for layer in cache.layers]
+        extras = {"cache": cache, "kv_mask": full_mask, "next_pos": next_pos} if use_cache else {}
+        return Prefix(out.last_hidden_state, full_mask, keys, values, state, state_mask, extras)
+
+    def _forward_recording_kv(self, x, attn, pos):
+        """LM forward that also returns per-layer K/V (after rotary), without a cache.
+
+        Under gradient checkpointing transformers disables the KV cache, yet a pi0-style head
+        needs K/V with gradients in training. Each decoder layer's input is recorded by a
+        pre-hook (removed before backward), and K/V are recomputed from it outside the
+        checkpointed region exactly as the attention module does: k_proj(input_layernorm(h)),
+        then the standard rotate-half rotary with the LM's own cos/sin (3-D for Qwen).
+        """
+        inputs: dict[int, torch.Tensor] = {}
+
+        def record(i):
+            def hook(module, args, kwargs):
+                inputs[i] = args[0] if args else kwargs["hidden_states"]
+
+            return hook
+
+        hooks = [layer.register_forward_pre_hook(record(i), with_kwargs=True) for i, layer in enumerate(self.lm.layers)]
+        try:
+            out = self.lm(inputs_embeds=x, attention_mask=attn, position_ids=pos, use_cache=False)
+        finally:
+            for h in hooks:
+                h.remove()
+        cos, sin = self.lm.rotary_emb(x, pos)  # (B, T, Dh) each
+        cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, Dh)
+        keys, values = [], []
+        for i, layer in enumerate(self.lm.layers):
+            h = layer.input_layernorm(inputs[i])
+            k = rearrange(layer.self_attn.k_proj(h), "b t (k d) -> b k t d", d=self.head_dim)
+            v = rearrange(layer.self_attn.v_proj(h), "b t (k d) -> b k t d", d=self.head_dim)
+            k1, k2 = k.chunk(2, dim=-1)
+            keys.append(k * cos + torch.cat([-k2, k1], -1) * sin)  # (B, K, T, Dh)
+            values.append(v)
+        return out, keys, values
+
+    def decode_step(self, prefix, token_embeds, step_mask):
+        if "cache" not in prefix.extras:
+            raise KeyError("decode_step needs a Prefix from encode(..., use_cache=True); extras has no 'cache'")
+        B = check_shape("token_embeds", token_embeds, "B 1 W", W=self.width)["B"]
+        check_shape("step_mask", step_mask, "B 1", B=B)
+        kv_mask, next_pos = prefix.extras["kv_mask"], prefix.extras["next_pos"]
+        keys_real = torch.cat([kv_mask, kv_mask.new_ones(B, 1)], 1)  # a token always sees itself
+        attn = torch.zeros(B, 1, 1, keys_real.shape[1], dtype=token_embeds.dtype, device=token_embeds.device)
+        attn = attn.masked_fill(~keys_real[:, None, None], torch.finfo(token_embeds.dtype).min)
+        pos = self.step_positions(next_pos)  # (B, 1) or (3, B, 1)
+        out = self.lm(
+            inputs_embeds=token_embeds,
+            attention_mask=attn,
+            position_ids=pos,
+            past_key_values=prefix.extras["cache"],
+            use_cache=True,
+        )
+        prefix.extras["kv_mask"] = torch.cat([kv_mask, step_mask.bool()], 1)
+        prefix.extras["next_pos"] = next_pos + 1
+        return out.last_hidden_state  # (B, 1, W)
+
+    def embed_tokens(self, ids):
+        return self.lm.get_input_embeddings()(ids)
+
+    def lm_logits(self, hidden):
+        return self.model.lm_head(hidden)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.lm_head.weight.shape[0]
+
+    def save_pretrained(self, path) -> None:
+        """Model + processor in HF format, loadable through ``pretrained=path`` (the state token is not included)."""
+        self.model.save_pretrained(path)
+        self.processor.save_pretrained(path)
+
+    # ------------------------------------------------------------------ family hooks
+
+    def vision_modules(self) -> list[nn.Module]:
+        """Vision tower and projector: what ``freeze_vision`` freezes."""
+        raise TypeError(f"{type(self).__name__} must implement vision_modules()")
+
+    def pixel_inputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B*N, 3, S, S) normalized -> the model's pixel inputs (default: as they are)."""
+        return {"pixel_values": pixels}
+
+    def image_features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Pixel inputs -> (B*N, n, W) features in the LM's width, one row block per camera."""
+        raise TypeError(f"{type(self).__name__} must implement image_features()")
+
+    def position_ids(self, ids: torch.Tensor, mask: torch.Tensor, inputs: dict) -> torch.Tensor:
+        """1-D rotary positions that skip masked tokens: (B, T)."""
+        return (mask.long().cumsum(-1) - 1).clamp(min=0) + self.position_offset
+
+    def step_positions(self, next_pos: torch.Tensor) -> torch.Tensor:
+        return next_pos[:, None]  # (B, 1)

@@ -1,0 +1,165 @@
+"""SmolVLM (Idefics3-style: SigLIP + pixel-shuffle connector + Llama) as a backbone: SmolVLA's VLM.
+
+Layout per camera, as SmolVLMProcessor writes an unsplit image:
+``<fake_token_around_image><global-img><image> * n<fake_token_around_image>``, then the raw
+instruction. Images are never split into tiles (one global view per camera at the preset's
+resolution), which is what SmolVLA does too. Prefix attention defaults to causal, the way the
+model was pretrained; ``prefix_attention="bidirectional"`` switches it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import (
+    SmolVLMConfig,
+    SmolVLMForConditionalGeneration,
+    SmolVLMImageProcessor,
+    SmolVLMProcessor,
+    SmolVLMVideoProcessor,
+)
+
+from vla.models.backbones.base import BackboneConfig
+from vla.models.backbones.common import VLMBackbone, VLMConfig, instantiate, load_pretrained
+from vla.models.backbones.tokenizer import load_tokenizer
+
+SPECIAL_TOKENS = ["<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"]
+
+# vocab_size: the table size (at least the tokenizer's). Tiny leaves room above the shipped tokenizer for
+# discrete action tokens (bins, FAST); scale presets use the public size (the shipped ids index a bigger table).
+PRESETS: dict[str, dict] = {
+    "tiny": dict(
+        text_width=128, text_layers=4, text_ffn=256, text_heads=4, text_kv_heads=2,
+        vision_width=64, vision_layers=2, vision_ffn=128, vision_heads=2, patch_size=8, image_size=64,
+        scale_factor=2, vocab_size=2048, tie_embeddings=False,
+    ),
+    "smolvlm2-500m": dict(  # HuggingFaceTB/SmolVLM2-500M-Video-Instruct
+        text_width=960, text_layers=32, text_ffn=2560, text_heads=15, text_kv_heads=5,
+        vision_width=768, vision_layers=12, vision_ffn=3072, vision_heads=12, patch_size=16, image_size=512,
+        scale_factor=4, vocab_size=49280, tie_embeddings=False,
+    ),
+}  # fmt: skip
+
+
+def smolvlm_model_config(
+    *,
+    text_width: int,
+    text_layers: int,
+    text_ffn: int,
+    text_heads: int,
+    text_kv_heads: int,
+    vision_width: int,
+    vision_layers: int,
+    vision_ffn: int,
+    vision_heads: int,
+    patch_size: int,
+    image_size: int,
+    scale_factor: int,
+    vocab_size: int,
+    tie_embeddings: bool,
+    image_token_id: int,
+    pad_token_id: int,
+) -> SmolVLMConfig:
+    """Every dimension of a SmolVLM model; ``image_token_id`` must be the tokenizer's ``<image>`` id."""
+    text = dict(
+        model_type="llama",
+        hidden_size=text_width,
+        intermediate_size=text_ffn,
+        num_hidden_layers=text_layers,
+        num_attention_heads=text_heads,
+        num_key_value_heads=text_kv_heads,
+        vocab_size=vocab_size,
+        pad_token_id=pad_token_id,
+        tie_word_embeddings=tie_embeddings,
+    )
+    vision = dict(
+        hidden_size=vision_width,
+        intermediate_size=vision_ffn,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=vision_heads,
+        patch_size=patch_size,
+        image_size=image_size,
+    )
+    return SmolVLMConfig(
+        text_config=text,
+        vision_config=vision,
+        scale_factor=scale_factor,
+        image_token_id=image_token_id,
+        tie_word_embeddings=tie_embeddings,
+    )
+
+
+def smolvlm_processor(image_size: int, patch_size: int, scale_factor: int) -> SmolVLMProcessor:
+    """The HF processor around the shipped tokenizer; one unsplit global image per camera."""
+    image_processor = SmolVLMImageProcessor(
+        size={"longest_edge": image_size},
+        max_image_size={"longest_edge": image_size},
+        do_image_splitting=False,
+    )
+    return SmolVLMProcessor(
+        image_processor=image_processor,
+        tokenizer=load_tokenizer(SPECIAL_TOKENS),
+        video_processor=SmolVLMVideoProcessor(),
+        image_seq_len=(image_size // patch_size) ** 2 // scale_factor**2,
+    )
+
+
+@BackboneConfig.register_subclass("smolvlm")
+@dataclass
+class SmolVLMBackboneConfig(VLMConfig):
+    """SmolVLM backbone. Presets: ``tiny``, ``smolvlm2-500m``; or ``pretrained`` (hub id / local dir)."""
+
+    def build(self, state_dim: int, num_cameras: int) -> SmolVLMBackbone:
+        if self.pretrained:
+            # the torchvision backend keeps pixels identical to a fresh processor's (FACTS.md)
+            model, processor = load_pretrained(self, backend="torchvision")
+        else:
+            if self.preset not in PRESETS:
+                raise KeyError(f"unknown smolvlm preset {self.preset!r}; known: {sorted(PRESETS)}")
+            dims = dict(PRESETS[self.preset])
+            processor = smolvlm_processor(dims["image_size"], dims["patch_size"], dims["scale_factor"])
+            dims["vocab_size"] = max(dims["vocab_size"], len(processor.tokenizer))
+            config = smolvlm_model_config(
+                **dims, image_token_id=processor.image_token_id, pad_token_id=processor.tokenizer.pad_token_id
+            )
+            model = instantiate(self, SmolVLMForConditionalGeneration, config)
+        return SmolVLMBackbone(self, model, processor, state_dim, num_cameras)
+
+
+class SmolVLMBackbone(VLMBackbone):
+    def __init__(self, cfg: SmolVLMBackboneConfig, model, processor, state_dim: int, num_cameras: int):
+        ip = processor.image_processor
+        image_size = cfg.image_size or ip.max_image_size["longest_edge"]
+        if image_size != model.config.vision_config.image_size:
+            raise ValueError(
+                f"smolvlm: image_size {image_size} differs from the vision tower's {model.config.vision_config.image_size}"
+            )
+        tok = processor.tokenizer
+        fake, glob = tok.convert_tokens_to_ids(["<fake_token_around_image>", "<global-img>"])
+        super().__init__(
+            cfg,
+            model,
+            processor,
+            lm=model.model.text_model,
+            text_config=model.config.text_config,
+            state_dim=state_dim,
+            num_cameras=num_cameras,
+            image_size=image_size,
+            image_mean=list(ip.image_mean),
+            image_std=list(ip.image_std),
+            image_token_id=processor.image_token_id,
+            camera_ids=[fake, glob] + [processor.image_token_id] * processor.image_seq_len + [fake],
+            text_prefix_ids=[],
+            text_suffix_ids=[],
+            bidirectional_default=False,
+        )
+
+    def vision_modules(self):
+        return [self.model.model.vision_model, self.model.model.connector]
+
+    def image_features(self, inputs):
+        # The vision tower directly, not get_image_features: that one drops all-zero images, and the
+        # placeholder count must not depend on pixel values.
+        pixels = inputs["pixel_values"].to(self.model.dtype)  # (B*N, 3, S, S)
+        hidden = self.model.model.vision_model(pixel_values=pixels).last_hidden_state  # (B*N, P, Wv)
+        return self.model.model.connector(hidden)  # (B*N, n, W)

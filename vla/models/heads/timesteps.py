@@ -1,0 +1,52 @@
+"""Pure functions for continuous heads: time embeddings and time samplers.
+
+Kept free of modules and state so they can be tested alone and shared by the
+diffusion, flow-matching and any future head.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int, min_period: float = 4e-3, max_period: float = 4.0) -> torch.Tensor:
+    """(B,) times -> (B, dim) sin/cos features with geometrically spaced periods.
+
+    The default periods (pi0's) suit t in [0, 1]; the diffusion head therefore feeds its
+    integer timestep as ``t / num_train_timesteps``. (A period under 2 would alias on
+    integer inputs: sin(2*pi*t) is 0 for every integer t.)
+    """
+    if dim % 2:
+        raise ValueError(f"sinusoidal_embedding: dim must be even, got {dim}")
+    t = t.float().reshape(-1)  # (B,)
+    fraction = torch.linspace(0.0, 1.0, dim // 2, device=t.device, dtype=torch.float32)
+    period = min_period * (max_period / min_period) ** fraction  # (dim/2,)
+    angle = t[:, None] * (2 * math.pi / period)[None, :]  # (B, dim/2)
+    return torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1)  # (B, dim)
+
+
+def sample_beta_time(
+    batch_size: int,
+    alpha: float = 1.5,
+    beta: float = 1.0,
+    *,
+    t_min: float = 1e-3,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """(B,) flow-matching times in [t_min, 1], t ~ t_min + (1 - t_min) * Beta(alpha, beta).
+
+    Convention (openpi's pi0 code, the reverse of the pi0 paper): t = 1 is pure noise and
+    t = 0 is data. Beta(1.5, 1) has mean 0.6, so training sees noisier times more often,
+    which is where the velocity is hardest to predict. ``t_min`` keeps t away from 0 where
+    the target is trivially the data.
+    """
+    if alpha <= 0 or beta <= 0:
+        raise ValueError(f"sample_beta_time: alpha and beta must be > 0, got {alpha}, {beta}")
+    # torch.distributions.Beta cannot take a generator; Beta(a, b) = Ga / (Ga + Gb)
+    ga = torch._standard_gamma(torch.full((batch_size,), float(alpha)), generator=generator)
+    gb = torch._standard_gamma(torch.full((batch_size,), float(beta)), generator=generator)
+    t = ga / (ga + gb)
+    return (t_min + (1.0 - t_min) * t).to(device)

@@ -1,0 +1,25 @@
+"""Action tokenizers for the discrete heads, registered by name (``bins``, ``fast``).
+
+Importing this package registers every tokenizer: add one file plus one import line.
+"""
+
+from vla.models.heads.tokenizers.base import (
+    ActionTokenizer,
+    ActionTokenizerConfig,
+    load_tokenizer,
+    tokenizer_from_state,
+)
+from vla.models.heads.tokenizers.bins import BinsTokenizer, BinsTokenizerConfig
+from vla.models.heads.tokenizers.fast import FastTokenizer, FastTokenizerConfig, fit_fast_tokenizer
+
+__all__ = [
+    "ActionTokenizer",
+    "ActionTokenizerConfig",
+    "BinsTokenizer",
+    "BinsTokenizerConfig",
+    "FastTokenizer",
+    "FastTokenizerConfig",
+    "fit_fast_tokenizer",
+    "load_tokenizer",
+    "tokenizer_from_state",
+]

@@ -1,0 +1,310 @@
+"""Policy = backbone + head + normalizer + processor, behind one small interface.
+
+The trainer, the evaluation runner and the server talk only to this class:
+``compute_loss(batch)``, ``predict_chunk(observation)``, ``select_action(observation)``,
+``save(dir)`` and ``Policy.load(dir)``.
+
+Units: batches and observations carry raw robot units; the policy normalizes the
+state and the actions on the way in and unnormalizes predicted chunks on the way out,
+with the statistics saved inside every checkpoint, so a served policy unnormalizes
+exactly as it trained.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import vla.models.backbones  # noqa: F401  (registers the backbone families)
+import vla.models.heads  # noqa: F401  (registers the heads)
+from vla.config import from_dict, to_dict
+from vla.models.backbones.base import BackboneConfig
+from vla.models.heads.base import HeadConfig
+from vla.models.normalizer import Normalizer
+from vla.shapes import check_keys, check_shape
+from vla.utils.atomic import atomic_dir
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+STATS_FILE = "stats.json"
+HEAD_DIR = "head"
+
+
+def _default_backbone() -> BackboneConfig:
+    return BackboneConfig.get_choice_class("smolvlm")()
+
+
+def _default_head() -> HeadConfig:
+    return HeadConfig.get_choice_class("flow")()
+
+
+def resolve_backbone_config(cfg: BackboneConfig) -> BackboneConfig:
+    """Let a preset name pick its family: ``preset=tiny-paligemma`` -> PaliGemma's ``tiny``.
+
+    Preset names are unique across families (``tiny-<family>``, ``paligemma-3b``,
+    ``smolvlm2-500m``, ``qwen2_5_vl-3b``), so ``--policy.backbone.preset=NAME`` alone is
+    enough on the command line.
+    """
+    families = sorted(BackboneConfig.get_known_choices(), key=len, reverse=True)
+    preset, family = cfg.preset, None
+    if preset.startswith("tiny-"):
+        family, preset = preset[len("tiny-") :], "tiny"
+    else:
+        family = next((f for f in families if preset.startswith(f)), None)
+    if family is None:
+        return cfg
+    if family not in families:
+        raise KeyError(f"policy.backbone.preset={cfg.preset!r}: unknown family {family!r}; known: {families}")
+    if family == cfg.type:
+        cfg.preset = preset
+        return cfg
+    common = {k: getattr(cfg, k) for k in BackboneConfig.__dataclass_fields__ if k != "preset"}
+    return BackboneConfig.get_choice_class(family)(preset=preset, **common)
+
+
+@dataclass
+class PolicyConfig:
+    backbone: BackboneConfig = field(default_factory=_default_backbone)
+    head: HeadConfig = field(default_factory=_default_head)
+    chunk_size: int = 10  # H: actions predicted per chunk
+    n_action_steps: int = 5  # actions executed from each chunk before predicting again
+    temporal_ensemble_coeff: float | None = None  # ACT-style: predict every step, average overlapping chunks
+    state_norm: str = "mean_std"  # mean_std | min_max | quantile
+    action_norm: str = "mean_std"
+    inference_steps: int | None = None  # denoising / integration steps at sampling (head default when None)
+    # Filled from the dataset by the trainer; stored so a checkpoint is self-contained.
+    cameras: list[str] = field(default_factory=list)
+    state_dim: int = 0
+    action_dim: int = 0
+    fps: float = 0.0
+    state_key: str = "observation.state"  # dataset key the state came from (environment_state = privileged)
+
+    def __post_init__(self):
+        self.backbone = resolve_backbone_config(self.backbone)
+        if self.n_action_steps > self.chunk_size:
+            raise ValueError(f"policy.n_action_steps={self.n_action_steps} exceeds policy.chunk_size={self.chunk_size}")
+        if self.temporal_ensemble_coeff is not None and self.n_action_steps != 1:
+            raise ValueError("policy.temporal_ensemble_coeff needs policy.n_action_steps=1 (a new chunk every step)")
+
+
+class Policy(nn.Module):
+    def __init__(self, config: PolicyConfig, stats: dict | None = None):
+        super().__init__()
+        if not config.cameras or config.state_dim <= 0 or config.action_dim <= 0:
+            raise ValueError(
+                "PolicyConfig needs cameras, state_dim and action_dim (the trainer fills them from the dataset); "
+                f"got cameras={config.cameras}, state_dim={config.state_dim}, action_dim={config.action_dim}"
+            )
+        self.config = config
+        self.backbone = config.backbone.build(state_dim=config.state_dim, num_cameras=len(config.cameras))
+        self.head = config.head.build(self.backbone, config.chunk_size, config.action_dim)
+        modes = {"state": config.state_norm, "actions": config.action_norm}
+        dims = {"state": config.state_dim, "actions": config.action_dim}
+        # A mixture of embodiments keeps one normalizer per member ({"members": [...]}, selected per
+        # sample by dataset_index); member 0 is the primary robot that inference serves by default.
+        members = (stats or {}).get("members") or [stats or {}]
+        self.normalizers = nn.ModuleList(
+            Normalizer(m, {k: v for k, v in modes.items() if k in m}) if m else Normalizer.empty(dims, modes)
+            for m in members
+        )
+        self.stats = _jsonable(stats or {})
+        self.reset()
+
+    # ---- normalization --------------------------------------------------------------------------
+    def _normalize(self, name: str, x: torch.Tensor, dataset_index: torch.Tensor | None) -> torch.Tensor:
+        if len(self.normalizers) == 1 or dataset_index is None:
+            return self.normalizers[0].normalize(name, x)
+        out = x.clone()
+        for i, norm in enumerate(self.normalizers):
+            rows = dataset_index == i
+            if rows.any():
+                out[rows] = norm.normalize(name, x[rows])
+        return out
+
+    # ---- training -------------------------------------------------------------------------------
+    def _prefix_fn(self, batch: dict):
+        """Prepare inputs once; return a closure that runs the backbone (heads call it as they need)."""
+        inputs = self.backbone.prepare_inputs(batch["images"], batch["image_mask"], batch["instruction"])
+        state = self._normalize("state", batch["state"].float(), batch.get("dataset_index"))
+        if "state_mask" in batch:
+            state = state * batch["state_mask"].to(state.dtype)
+        return functools.partial(self.backbone.encode, inputs, state, with_kv=self.head.needs_kv)
+
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss on a canonical batch in raw units (see vla/types.py)."""
+        self._check_batch(batch, with_actions=True)
+        actions = self._normalize("actions", batch["actions"].float(), batch.get("dataset_index"))  # (B, H, D)
+        b, h, d = actions.shape
+        target = {
+            "actions": actions,
+            "action_pad": batch.get("action_pad", torch.zeros(b, h, dtype=torch.bool, device=actions.device)),
+            "action_dim_mask": batch.get("action_dim_mask", torch.ones(b, d, dtype=torch.bool, device=actions.device)),
+        }
+        return self.head.loss(self._prefix_fn(batch), target)
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        # DDP/DeepSpeed hook into forward(), so the trainer calls policy(batch), never compute_loss directly.
+        return self.compute_loss(batch)
+
+    # ---- inference ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_chunk(
+        self, observation: dict, num_steps: int | None = None, seed: int | None = None, embodiment: int = 0
+    ) -> torch.Tensor:
+        """Observation batch (images (B,N,3,H,W) float [0,1] or uint8, state (B,S), instruction) -> (B, H, D) raw units."""
+        self._check_batch(observation, with_actions=False)
+        obs = dict(observation)
+        if obs["images"].dtype == torch.uint8:
+            obs["images"] = obs["images"].float() / 255.0
+        obs.setdefault("image_mask", torch.ones(obs["images"].shape[:2], dtype=torch.bool, device=obs["images"].device))
+        steps = num_steps or self.config.inference_steps
+        with torch.random.fork_rng(devices=[obs["images"].device] if obs["images"].is_cuda else []):
+            if seed is not None:
+                torch.manual_seed(seed)
+            chunk = self.head.sample(self._prefix_fn(obs), {}, num_steps=steps)  # (B, H, D) normalized
+        return self.normalizers[embodiment].unnormalize("actions", chunk.float())
+
+    def reset(self) -> None:
+        """Forget queued actions (call at every episode start)."""
+        self._queue: deque[torch.Tensor] = deque()
+        self._ensemble: list[tuple[int, torch.Tensor]] = []
+        self._t = 0
+
+    @torch.no_grad()
+    def select_action(self, observation: dict) -> torch.Tensor:
+        """One action (B, D) per call; a new chunk every ``n_action_steps`` (or every step when ensembling)."""
+        if self.config.temporal_ensemble_coeff is not None:
+            return self._ensembled_action(observation)
+        if not self._queue:
+            chunk = self.predict_chunk(observation)  # (B, H, D)
+            self._queue.extend(chunk[:, : self.config.n_action_steps].unbind(1))
+        return self._queue.popleft()
+
+    def _ensembled_action(self, observation: dict) -> torch.Tensor:
+        """ACT temporal ensembling: average every live chunk's prediction for now, weights exp(-m * age_rank)."""
+        chunk = self.predict_chunk(observation)
+        self._ensemble.append((self._t, chunk))
+        h = self.config.chunk_size
+        self._ensemble = [(t0, c) for t0, c in self._ensemble if self._t - t0 < h]
+        preds = torch.stack([c[:, self._t - t0] for t0, c in self._ensemble])  # (K, B, D), oldest first
+        weights = torch.exp(-self.config.temporal_ensemble_coeff * torch.arange(len(preds), device=preds.device))
+        weights = (weights / weights.sum()).to(preds.dtype)
+        self._t += 1
+        return torch.einsum("k,kbd->bd", weights, preds)
+
+    # ---- checks ---------------------------------------------------------------------------------
+    def _check_batch(self, batch: dict, with_actions: bool) -> None:
+        required = ["images", "state", "instruction"] + (["actions"] if with_actions else [])
+        check_keys("policy input", batch, required)
+        dims = check_shape("images", batch["images"], "B N 3 Hi Wi", N=len(self.config.cameras))
+        check_shape("state", batch["state"], "B S", B=dims["B"], S=self.config.state_dim)
+        if len(batch["instruction"]) != dims["B"]:
+            raise ValueError(f"instruction: expected {dims['B']} strings, got {len(batch['instruction'])}")
+        if with_actions:
+            check_shape(
+                "actions", batch["actions"], "B H D", B=dims["B"], H=self.config.chunk_size, D=self.config.action_dim
+            )
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Self-contained checkpoint dir, written atomically (see ``write_checkpoint``)."""
+        with atomic_dir(path) as tmp:
+            self.write_checkpoint(tmp)
+        return Path(path)
+
+    def write_checkpoint(self, directory: str | Path, state_dict: dict | None = None) -> None:
+        """Weights (safetensors), config, statistics and head extras (e.g. the FAST tokenizer).
+
+        ``state_dict`` lets the trainer pass weights gathered from DeepSpeed ZeRO-3 shards.
+        Tied tensors (shared storage) are stored once.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        sd = state_dict if state_dict is not None else self.state_dict()
+        seen, tensors = set(), {}
+        for k, v in sd.items():
+            key = (v.data_ptr(), v.shape, v.dtype) if v.device.type != "meta" else (k,)
+            if key in seen:
+                continue
+            seen.add(key)
+            tensors[k] = v.detach().contiguous().cpu()
+        save_file(tensors, str(directory / WEIGHTS_FILE))
+        (directory / CONFIG_FILE).write_text(json.dumps(to_dict(self.config), indent=2))
+        (directory / STATS_FILE).write_text(json.dumps(self.stats, indent=2))
+        if hasattr(self.head, "save_extra"):
+            (directory / HEAD_DIR).mkdir(exist_ok=True)
+            self.head.save_extra(directory / HEAD_DIR)
+
+    @staticmethod
+    def load_config(path: str | Path) -> PolicyConfig:
+        path = Path(path)
+        for name in (CONFIG_FILE, WEIGHTS_FILE, STATS_FILE):
+            if not (path / name).is_file():
+                raise FileNotFoundError(f"{path} is not a policy checkpoint: missing {name}")
+        return from_dict(PolicyConfig, json.loads((path / CONFIG_FILE).read_text()))
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Policy:
+        """One call: config, statistics, head extras and weights; shapes must match exactly."""
+        path = Path(path)
+        config = cls.load_config(path)
+        stats = json.loads((path / STATS_FILE).read_text())
+        policy = cls(config, stats)
+        if hasattr(policy.head, "load_extra") and (path / HEAD_DIR).is_dir():
+            policy.head.load_extra(path / HEAD_DIR)
+        policy.load_weights(load_file(str(path / WEIGHTS_FILE)), source=path / WEIGHTS_FILE, strict=True)
+        return policy.to(device).eval()
+
+    def load_weights(self, tensors: dict, source, strict: bool = True) -> dict[str, list[str]]:
+        """Copy matching tensors in; tied parameters saved once count as loaded.
+
+        strict: any missing, unexpected or mis-shaped key is an error naming it. Otherwise
+        mis-shaped and missing keys keep their fresh initialization and are reported.
+        """
+        own = self.state_dict()
+        mismatched = [k for k, v in tensors.items() if k in own and own[k].shape != v.shape]
+        unexpected = [k for k in tensors if k not in own]
+        usable = {k: v for k, v in tensors.items() if k in own and k not in mismatched}
+        self.load_state_dict(usable, strict=False)
+        loaded_ptrs = {own[k].data_ptr() for k in usable}
+        missing = [k for k in own if k not in usable and own[k].data_ptr() not in loaded_ptrs]
+        if strict and (missing or unexpected or mismatched):
+            detail = [f"{k}: checkpoint {tuple(tensors[k].shape)} vs policy {tuple(own[k].shape)}" for k in mismatched]
+            raise ValueError(
+                f"{source}: weights do not match the policy: missing {missing[:8]}, unexpected {unexpected[:8]}, "
+                f"shape mismatch {detail[:8]}"
+            )
+        return {
+            "loaded": sorted(usable),
+            "reinitialized": sorted(set(missing) | set(mismatched)),
+            "unexpected": unexpected,
+        }
+
+
+def _jsonable(stats: dict) -> dict:
+    """Statistics as plain lists (they are saved as stats.json beside the weights)."""
+    if "members" in stats:
+        return {"members": [_jsonable(m) for m in stats["members"]]}
+    return {k: {s: np.asarray(v, dtype=np.float64).tolist() for s, v in d.items()} for k, d in stats.items()}
+
+
+def checkpoint_hash(path: str | Path) -> str:
+    """Short content hash of a checkpoint's weights, recorded in evaluation protocols."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(Path(path) / WEIGHTS_FILE, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]

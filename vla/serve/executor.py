@@ -1,0 +1,205 @@
+"""Action-chunk executor: play actions at the control rate, fetch the next chunk ahead of time.
+
+In the spirit of LeRobot's async inference and real-time chunking: the robot never waits
+for the network or the model as long as one round trip is shorter than
+``request_threshold`` control steps.
+
+- Every control step pops one action from a queue indexed by absolute step number.
+- When ``request_threshold`` or fewer actions remain (and no request is in flight), the
+  current observation is sent to the policy from a background thread, tagged with the
+  step ``t_req`` at which it was taken.
+- When the chunk arrives at step ``t_now``, its action ``k`` is meant for step
+  ``t_req + k``: the first ``t_now - t_req`` actions were overtaken by time and are
+  dropped; the rest replace the queued actions for the same steps (fresher observation),
+  or, with ``ensemble_coeff`` set, are averaged with them using ACT's temporal-ensembling
+  weights ``exp(-coeff * i)`` (i = 0 for the oldest prediction of a step).
+- Only if the queue runs dry does ``step`` block until the chunk in flight arrives; each
+  such wait is counted in ``stats.stalls``.
+
+``infer`` is any callable ``obs -> (H, D) array`` or ``obs -> {"actions": (H, D), ...}``,
+e.g. ``PolicyClient(url).infer``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExecutorConfig:
+    fps: float = 10.0  # control rate of ``run``
+    request_threshold: int = 4  # request the next chunk when this many actions (or fewer) remain queued
+    actions_per_chunk: int | None = None  # use only the first K actions of each chunk (None: all H)
+    ensemble_coeff: float | None = None  # ACT temporal ensembling of overlapping chunks; None: newest chunk wins
+    wait_timeout_s: float = 30.0  # longest ``step`` blocks on an empty queue before raising
+
+    def __post_init__(self):
+        if self.fps <= 0:
+            raise ValueError(f"executor.fps must be > 0, got {self.fps}")
+        if self.request_threshold < 0:
+            raise ValueError(f"executor.request_threshold must be >= 0, got {self.request_threshold}")
+        if self.actions_per_chunk is not None and self.actions_per_chunk < 1:
+            raise ValueError(f"executor.actions_per_chunk must be >= 1, got {self.actions_per_chunk}")
+
+
+@dataclass
+class ExecutorStats:
+    steps: int = 0
+    requests: int = 0
+    chunks: int = 0
+    stalls: int = 0  # steps that waited on an empty queue (the first step of an episode not counted)
+    stall_s: float = 0.0
+    dropped: int = 0  # actions already overtaken by time when their chunk arrived
+    overruns: int = 0  # control periods of ``run`` that took longer than 1 / fps
+    latency_steps: list[int] = field(default_factory=list)  # t_arrive - t_req per chunk
+
+
+@dataclass
+class _Slot:
+    """Weighted running sum of every prediction received for one absolute step."""
+
+    total: np.ndarray  # (D,)
+    weight: float
+    count: int
+
+    @property
+    def action(self) -> np.ndarray:
+        return self.total / self.weight
+
+
+class ChunkExecutor:
+    def __init__(self, infer: Callable[[dict], object], config: ExecutorConfig | None = None):
+        self.infer = infer
+        self.config = config or ExecutorConfig()
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="vla-chunk-request")
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new episode: forget the queue (a request in flight is discarded when it lands)."""
+        self._t = 0  # absolute index of the next step to execute
+        self._queue: deque[_Slot] = deque()  # slot i is for step self._t + i
+        self._inflight: tuple[int, concurrent.futures.Future] | None = None
+        self.stats = ExecutorStats()
+
+    # ---- chunk bookkeeping (no threads; tested directly) --------------------------------------
+    def add_chunk(self, chunk: np.ndarray, t_request: int) -> None:
+        """Merge a chunk whose action 0 is for absolute step ``t_request``; drop what time has overtaken."""
+        chunk = np.asarray(chunk, dtype=np.float32)
+        if chunk.ndim != 2:
+            raise ValueError(f"actions: expected a chunk (H, D), got shape {chunk.shape}")
+        if self.config.actions_per_chunk is not None:
+            chunk = chunk[: self.config.actions_per_chunk]
+        late = self._t - t_request
+        if late < 0:
+            raise ValueError(f"chunk requested at step {t_request} is from the future (now {self._t})")
+        self.stats.chunks += 1
+        self.stats.latency_steps.append(late)
+        self.stats.dropped += min(late, len(chunk))
+        coeff = self.config.ensemble_coeff
+        for i, action in enumerate(chunk[late:]):
+            if i >= len(self._queue):
+                self._queue.append(_Slot(action.copy(), 1.0, 1))
+            elif coeff is None:
+                self._queue[i] = _Slot(action.copy(), 1.0, 1)  # fresher observation wins
+            else:
+                slot = self._queue[i]
+                w = math.exp(-coeff * slot.count)  # i-th prediction of this step weighs exp(-coeff * i)
+                self._queue[i] = _Slot(slot.total + w * action, slot.weight + w, slot.count + 1)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def planned(self) -> np.ndarray:
+        """The queued actions (Q, D), the first one for step ``t`` (for plots and tests)."""
+        return np.stack([slot.action for slot in self._queue]) if self._queue else np.zeros((0, 0), np.float32)
+
+    @property
+    def t(self) -> int:
+        return self._t
+
+    # ---- control loop ---------------------------------------------------------------------------
+    def _request(self, obs: dict, t_obs: int) -> None:
+        self.stats.requests += 1
+        self._inflight = (t_obs, self._pool.submit(self._fetch, obs))
+
+    def _fetch(self, obs: dict) -> np.ndarray:
+        reply = self.infer(obs)
+        return np.asarray(reply["actions"] if isinstance(reply, dict) else reply)
+
+    def _collect(self, block: bool) -> None:
+        if self._inflight is None:
+            return
+        t_req, fut = self._inflight
+        if not block and not fut.done():
+            return
+        try:
+            chunk = fut.result(timeout=self.config.wait_timeout_s)
+        except concurrent.futures.TimeoutError as e:
+            raise TimeoutError(
+                f"no action chunk within {self.config.wait_timeout_s} s (requested at step {t_req}, now {self._t})"
+            ) from e
+        finally:
+            if fut.done():
+                self._inflight = None
+        self.add_chunk(chunk, t_req)
+
+    def step(self, obs: dict) -> np.ndarray:
+        """The action (D,) for this control step; ``obs`` is the observation taken at this step."""
+        self._collect(block=False)
+        if not self._queue:
+            if self._inflight is None:
+                self._request(obs, self._t)
+            waited = time.perf_counter()
+            self._collect(block=True)
+            if self._t > 0:
+                self.stats.stalls += 1
+                self.stats.stall_s += time.perf_counter() - waited
+            if not self._queue:
+                raise RuntimeError(
+                    f"the chunk that arrived at step {self._t} was entirely overtaken by time; "
+                    "raise actions_per_chunk or request_threshold"
+                )
+        action = self._queue.popleft().action
+        t_obs, self._t = self._t, self._t + 1
+        self.stats.steps += 1
+        if self._inflight is None and len(self._queue) <= self.config.request_threshold:
+            # obs belongs to step t_obs, already executed: the new chunk's action 0 is dropped on arrival.
+            self._request(obs, t_obs)
+        return action
+
+    def run(
+        self, get_obs: Callable[[], dict], send_action: Callable[[np.ndarray], None], num_steps: int
+    ) -> ExecutorStats:
+        """Real-time loop at ``config.fps`` for ``num_steps`` steps; returns the statistics."""
+        period = 1.0 / self.config.fps
+        next_tick = time.perf_counter()
+        for _ in range(num_steps):
+            send_action(self.step(get_obs()))
+            next_tick += period
+            delay = next_tick - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                self.stats.overruns += 1
+                next_tick = time.perf_counter()
+        return self.stats
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> ChunkExecutor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,179 @@
+"""Client observation keys -> the policy's canonical observation, checked at the server boundary.
+
+The server accepts LeRobot-style keys (``observation.images.<camera>``,
+``observation.state``, ``prompt``) and, through an ``ObsMapping``, whatever keys a
+robot's client already sends. openpi's LIBERO example, for instance, sends
+``observation/image``, ``observation/wrist_image``, ``observation/state`` and
+``prompt``; its mapping file reads::
+
+    {"observation/image": "observation.images.image",
+     "observation/wrist_image": "observation.images.wrist",
+     "observation/state": "observation.state"}
+
+Nested client dicts (openpi's ALOHA client sends ``{"images": {"cam_high": ...}}``) are
+flattened with ``/`` first, so ``"images/cam_high"`` can be mapped too. Keys the mapping
+and the policy do not know are ignored (robots send extras).
+
+The mapping is stored with the checkpoint (``obs_map.json``) or given on the command line
+(``--obs-map FILE``, JSON or YAML); the command line wins. No torch import here: the
+checks run on numpy arrays before anything reaches the batcher.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vla.serve.protocol import SEED
+
+IMAGE_PREFIX = "observation.images."
+STATE_KEY = "observation.state"
+PROMPT_KEY = "prompt"
+OBS_MAP_FILE = "obs_map.json"  # inside a checkpoint directory
+
+
+class ObservationError(ValueError):
+    """A request whose keys, shapes or dtypes do not fit the policy; the message names the key."""
+
+
+@dataclass(frozen=True)
+class CanonicalObs:
+    """One checked request, ready for batching."""
+
+    images: list[np.ndarray]  # N x (Hi, Wi, 3) uint8, in the policy's camera order
+    state: np.ndarray  # (S,) float32
+    instruction: str
+    seed: int | None = None
+
+    @property
+    def image_shapes(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(im.shape for im in self.images)
+
+
+def flatten(obs: Mapping[str, Any], sep: str = "/") -> dict[str, Any]:
+    """``{"images": {"top": x}}`` -> ``{"images/top": x}``; bytes keys become str."""
+    out: dict[str, Any] = {}
+    for k, v in obs.items():
+        key = k.decode() if isinstance(k, bytes) else str(k)
+        if isinstance(v, Mapping):
+            for kk, vv in flatten(v, sep).items():
+                out[f"{key}{sep}{kk}"] = vv
+        else:
+            out[key] = v
+    return out
+
+
+@dataclass
+class ObsMapping:
+    """client key -> canonical key; canonical keys are also always accepted as they are."""
+
+    keys: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        bad = {c: k for c, k in self.keys.items() if not _is_canonical(k)}
+        if bad:
+            raise ValueError(
+                f"obs map: targets must be '{IMAGE_PREFIX}<camera>', '{STATE_KEY}' or '{PROMPT_KEY}'; got {bad}"
+            )
+
+    @classmethod
+    def load(cls, path: str | Path) -> ObsMapping:
+        """JSON or YAML file holding a flat ``{client_key: canonical_key}`` dict."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"obs map {path} does not exist")
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+            raise ValueError(f"obs map {path}: expected a flat mapping of client key -> canonical key, got {data!r}")
+        return cls({str(k): v for k, v in data.items()})
+
+    @classmethod
+    def for_checkpoint(cls, checkpoint: str | Path | None, override: str | Path | None = None) -> ObsMapping:
+        """The command-line file if given, else the checkpoint's ``obs_map.json``, else identity."""
+        if override:
+            return cls.load(override)
+        if checkpoint and (Path(checkpoint) / OBS_MAP_FILE).is_file():
+            return cls.load(Path(checkpoint) / OBS_MAP_FILE)
+        return cls()
+
+    def save(self, checkpoint: str | Path) -> Path:
+        out = Path(checkpoint) / OBS_MAP_FILE
+        out.write_text(json.dumps(self.keys, indent=2))
+        return out
+
+    def client_key(self, canonical: str) -> str:
+        """The client key that maps onto ``canonical`` (for error messages)."""
+        return next((c for c, k in self.keys.items() if k == canonical), canonical)
+
+    def to_canonical(self, obs: Any, cameras: list[str], state_dim: int) -> CanonicalObs:
+        """Rename, then check every key, shape and dtype; raise ObservationError naming the key."""
+        if not isinstance(obs, Mapping):
+            raise ObservationError(f"request: expected a dict (msgpack map) of observations, got {type(obs).__name__}")
+        flat = flatten(obs)
+        renamed = {self.keys.get(k, k): v for k, v in flat.items()}
+        want = [IMAGE_PREFIX + c for c in cameras] + [STATE_KEY, PROMPT_KEY]
+        missing = [k for k in want if k not in renamed]
+        if missing:
+            named = [k if self.client_key(k) == k else f"{self.client_key(k)} (-> {k})" for k in missing]
+            raise ObservationError(f"missing key(s) {named}; received {sorted(flat)}")
+        images = [self._image(renamed[IMAGE_PREFIX + c], IMAGE_PREFIX + c) for c in cameras]
+        state = self._state(renamed[STATE_KEY], state_dim)
+        prompt = renamed[PROMPT_KEY]
+        if isinstance(prompt, bytes):
+            prompt = prompt.decode(errors="replace")
+        if isinstance(prompt, np.ndarray) and prompt.dtype.kind == "U" and prompt.size == 1:
+            prompt = str(prompt.item())
+        if not isinstance(prompt, str):
+            raise ObservationError(f"{self._name(PROMPT_KEY)}: expected a string, got {type(prompt).__name__}")
+        seed = flat.get(SEED)
+        if seed is not None:
+            if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+                raise ObservationError(f"{SEED}: expected an integer, got {type(seed).__name__} {seed!r}")
+            seed = int(seed)
+        return CanonicalObs(images=images, state=state, instruction=prompt, seed=seed)
+
+    def _name(self, canonical: str) -> str:
+        client = self.client_key(canonical)
+        return canonical if client == canonical else f"{client} (-> {canonical})"
+
+    def _image(self, x: Any, key: str) -> np.ndarray:
+        name = self._name(key)
+        if not isinstance(x, np.ndarray):
+            raise ObservationError(f"{name}: expected a numpy array (Hi, Wi, 3) uint8, got {type(x).__name__}")
+        if x.dtype != np.uint8:
+            raise ObservationError(f"{name}: expected dtype uint8 (|u1), got {x.dtype.str} ({x.dtype})")
+        if x.ndim != 3 or x.shape[-1] != 3 or x.shape[0] < 1 or x.shape[1] < 1:
+            raise ObservationError(f"{name}: expected HWC shape (Hi=*, Wi=*, 3), got {x.shape}")
+        return x
+
+    def _state(self, x: Any, state_dim: int) -> np.ndarray:
+        name = self._name(STATE_KEY)
+        if isinstance(x, list | tuple):
+            x = np.asarray(x)
+        if not isinstance(x, np.ndarray):
+            raise ObservationError(f"{name}: expected a numpy array (S={state_dim},), got {type(x).__name__}")
+        if x.dtype.kind not in "fiu":
+            raise ObservationError(
+                f"{name}: expected a real numeric dtype (float or int), got {x.dtype.str} ({x.dtype})"
+            )
+        if x.shape != (state_dim,):
+            raise ObservationError(f"{name}: expected (S={state_dim},), got {x.shape}")
+        state = x.astype(np.float32)
+        if not np.isfinite(state).all():
+            raise ObservationError(f"{name}: contains NaN or inf: {state.tolist()}")
+        return state
+
+
+def _is_canonical(key: str) -> bool:
+    return key in (STATE_KEY, PROMPT_KEY) or (key.startswith(IMAGE_PREFIX) and len(key) > len(IMAGE_PREFIX))

@@ -1,0 +1,84 @@
+"""Periodic, atomic checkpoints that resume exactly.
+
+Layout of ``OUT/checkpoints``::
+
+    step_0000500/            a plain policy checkpoint (Policy.load works on it) plus
+      training_state/        accelerate's state: optimizer, scheduler, RNG of every rank, EMA
+      trainer_state.json     the step; written last
+      ema/                   the EMA weights as a plain policy checkpoint (when train.ema_decay is set)
+    last -> step_0000500     symlink, replaced atomically
+
+Each checkpoint is built in ``.step_0000500.partial`` and renamed once complete, so a
+crash mid-write never leaves a directory that looks like a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from accelerate import Accelerator
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = "training_state"
+TRAINER_STATE = "trainer_state.json"
+
+
+class CheckpointManager:
+    def __init__(self, root: Path, keep_last: int, accelerator: Accelerator):
+        self.root = Path(root)
+        self.keep_last = keep_last
+        self.acc = accelerator
+
+    @property
+    def last(self) -> Path:
+        return self.root / "last"
+
+    def save(self, step: int, policy, ema=None) -> Path:
+        """Collective: every rank calls it (DeepSpeed shards the optimizer across ranks)."""
+        acc = self.acc
+        name = f"step_{step:07d}"
+        final, tmp = self.root / name, self.root / f".{name}.partial"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp / STATE_DIR))
+        state_dict = acc.get_state_dict(acc._models[0]) if acc.distributed_type.name == "DEEPSPEED" else None
+        if acc.is_main_process:
+            policy.write_checkpoint(tmp, state_dict=state_dict)
+            if ema is not None:
+                with ema.swapped_into(policy):
+                    policy.write_checkpoint(tmp / "ema")
+            (tmp / TRAINER_STATE).write_text(json.dumps({"step": step}))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            link_tmp = self.root / ".last.tmp"
+            if link_tmp.is_symlink() or link_tmp.exists():
+                link_tmp.unlink()
+            os.symlink(name, link_tmp)
+            os.replace(link_tmp, self.last)
+            self._prune()
+        acc.wait_for_everyone()
+        return final
+
+    def _prune(self) -> None:
+        steps = sorted(p for p in self.root.glob("step_*") if p.is_dir())
+        for old in steps[: max(0, len(steps) - self.keep_last)]:
+            if old.resolve() != self.last.resolve():
+                shutil.rmtree(old, ignore_errors=True)
+
+    def resume(self) -> int:
+        """Restore model, optimizer, scheduler, EMA and RNG states; return the step to continue from."""
+        if not (self.last / TRAINER_STATE).is_file():
+            raise FileNotFoundError(
+                f"nothing to resume: {self.last} has no {TRAINER_STATE}. Drop --resume=true to start a new run "
+                "or point output_dir at the run to continue."
+            )
+        self.acc.load_state(str(self.last / STATE_DIR))
+        return int(json.loads((self.last / TRAINER_STATE).read_text())["step"])

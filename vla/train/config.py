@@ -1,0 +1,82 @@
+"""TrainConfig: what `vla train` parses from a YAML recipe plus dotted overrides.
+
+vla train --config configs/experiments/tiny_cpu.yaml --train.steps=200 --policy.head.type=diffusion
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vla.models.policy import PolicyConfig
+from vla.train.optim import OptimConfig
+
+
+@dataclass
+class DatasetConfig:
+    """Where the data is and how its keys map to the canonical names.
+
+    ``root`` is a local LeRobot v3 dataset; ``repo_id`` a hub id (or the name under root).
+    ``mixture`` lists more datasets, as "root[:weight]" strings, sampled with those weights.
+    """
+
+    root: str | None = None
+    repo_id: str | None = None
+    cameras: list[str] | None = None  # dataset keys used as cameras (default: every observation.images.*)
+    state_key: str = "observation.state"  # "observation.environment_state": MetaWorld's privileged 39-dim state
+    action_key: str = "action"
+    mixture: list[str] = field(default_factory=list)
+    weight: float = 1.0  # sampling weight of `root` within a mixture
+    camera_layout: str = "union"  # mixtures: "union" of camera names, or "max" (slots by position)
+    episodes: list[int] | None = None  # a subset of episode indices (default: all)
+    image_size: int | None = None  # resize on load (None: keep; the backbone resizes anyway)
+
+
+@dataclass
+class AugmentConfig:
+    enabled: bool = True
+    crop_scale: float = 0.95  # random crop of this fraction of each side, resized back (0 or 1 disables)
+    shift_pad: int = 0  # random shift by up to this many pixels (0 disables)
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+
+
+@dataclass
+class LoopConfig:
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 8  # per process, per micro-step
+    grad_accum: int = 1
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    seed: int = 0
+    num_workers: int = 2
+    log_every: int = 10
+    save_every: int = 500  # 0: only the final checkpoint
+    keep_last: int = 3
+    ema_decay: float | None = None  # e.g. 0.999; evaluation/export can use the EMA weights
+    eval_every: int = 0  # >0: simulation evaluation during training (needs eval_suite)
+    eval_suite: str | None = None
+    eval_episodes_per_task: int = 2
+    compile: bool = False
+
+
+@dataclass
+class TrainConfig:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    output_dir: str = "outputs/train"
+    resume: bool = False  # continue from output_dir/checkpoints/last (exactly: model, optimizer, RNG, data)
+    init_from: str | None = None  # start from a trained policy checkpoint (fine-tuning)
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "vla"
+
+    def __post_init__(self):
+        if self.train.grad_accum < 1:
+            raise ValueError(f"train.grad_accum must be >= 1, got {self.train.grad_accum}")
+        if self.train.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"train.mixed_precision must be no|bf16|fp16, got {self.train.mixed_precision!r}")
+        if self.train.eval_every and not self.train.eval_suite:
+            raise ValueError("train.eval_every > 0 needs train.eval_suite (e.g. mw-easy)")

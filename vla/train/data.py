@@ -1,0 +1,128 @@
+"""Training data: the dataset (or mixture), its statistics, and on-device augmentation.
+
+This is the trainer's only door into ``data_pipelines``; it returns canonical batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from data_pipelines.collate import collate
+from data_pipelines.feature_map import FeatureMapConfig
+from data_pipelines.lerobot_source import LeRobotSource, LeRobotSourceConfig
+from data_pipelines.stats import compute_stats
+
+
+@dataclass
+class TrainingData:
+    dataset: torch.utils.data.Dataset
+    cameras: list[str]
+    state_dim: int
+    action_dim: int
+    fps: float
+    stats: dict  # canonical {"state": {...}, "actions": {...}} for the Normalizer
+    sample_weights: torch.Tensor | None = None  # per-sample weights (mixtures)
+    augment: object | None = None  # data_pipelines.augment transform, applied on the device
+    seed: int = 0
+
+    @staticmethod
+    def collate(samples: list[dict]) -> dict:
+        return collate(samples)
+
+    def to_device(self, batch: dict[str, Any], device, step: int, rank: int) -> dict[str, Any]:
+        """Move to the device and augment there; the augmentation seed is a function of (seed, step, rank)."""
+        out = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        if self.augment is not None:
+            gen = torch.Generator(device=device).manual_seed(((self.seed * 1_000_003 + step) * 4099 + rank) % 2**63)
+            out["images"] = self.augment(out["images"], generator=gen)
+        return out
+
+
+def _source(root: str | None, repo_id: str | None, dcfg, chunk: int) -> LeRobotSource:
+    fmap = FeatureMapConfig(
+        camera_keys=list(dcfg.cameras or []),
+        state=dcfg.state_key,
+        action=dcfg.action_key,
+        image_size=[dcfg.image_size, dcfg.image_size] if dcfg.image_size else [],
+    )
+    if root is not None and not Path(root).exists():
+        raise FileNotFoundError(
+            f"dataset.root={root} does not exist. Generate one with `vla data generate --suite mw-easy "
+            f"--episodes-per-task 5 --out {root}` or point dataset.root at a LeRobot v3 dataset."
+        )
+    return LeRobotSourceConfig(
+        root=root, repo_id=repo_id, chunk=chunk, episodes=dcfg.episodes, feature_map=fmap
+    ).build()
+
+
+def build_training_data(dcfg, pcfg, acfg, seed: int = 0) -> TrainingData:
+    """One dataset, or a weighted mixture when ``dataset.mixture`` lists more."""
+    if dcfg.root is None and dcfg.repo_id is None:
+        raise ValueError("no dataset: set dataset.root=DIR (a LeRobot v3 dataset) or dataset.repo_id=ID")
+    augment = build_augment(acfg) if acfg.enabled else None
+    if dcfg.mixture:
+        from data_pipelines.mixture import MixtureDataset
+
+        members = [(dcfg.root, dcfg.weight)] + [_parse_member(m) for m in dcfg.mixture]
+        sources = [_source(r, None, dcfg, pcfg.chunk_size) for r, _ in members]
+        mix = MixtureDataset(sources, [w for _, w in members], camera_layout=dcfg.camera_layout)
+        # Each member keeps its own statistics; the policy normalizes each sample with its member's
+        # (by dataset_index) and serves the primary member's robot (dataset.root) by default.
+        member_stats = [_stats(src) for src in sources]
+        weights = torch.cat([torch.full((len(src),), w / len(src)) for src, (_, w) in zip(sources, members)])
+        return TrainingData(
+            dataset=mix,
+            cameras=list(mix.camera_names),
+            state_dim=mix.state_dim,
+            action_dim=mix.action_dim,
+            fps=float(sources[0].fps),
+            stats={"members": member_stats},
+            sample_weights=weights,
+            augment=augment,
+            seed=seed,
+        )
+    src = _source(dcfg.root, dcfg.repo_id, dcfg, pcfg.chunk_size)
+    fmap = src.feature_map
+    return TrainingData(
+        dataset=src,
+        cameras=fmap.camera_names,
+        state_dim=fmap.state_dim,
+        action_dim=fmap.action_dim,
+        fps=float(src.fps),
+        stats=_stats(src),
+        augment=augment,
+        seed=seed,
+    )
+
+
+def _stats(src: LeRobotSource) -> dict:
+    """Exact whole-dataset statistics of the state and action columns, in canonical names."""
+    fmap = src.feature_map
+    keys = [fmap.action] + ([fmap.state] if fmap.state else [])
+    return fmap.stats_for(compute_stats(src.root, keys))
+
+
+def _parse_member(spec: str) -> tuple[str, float]:
+    root, _, weight = spec.partition(":")
+    try:
+        return root, float(weight) if weight else 1.0
+    except ValueError as e:
+        raise ValueError(f"dataset.mixture entry {spec!r}: expected 'ROOT' or 'ROOT:WEIGHT'") from e
+
+
+def build_augment(acfg):
+    """Crop/shift then color jitter, on the device; no resize (the backbone resizes to its own resolution)."""
+    from data_pipelines.augment import ColorJitter, Compose, RandomCrop, RandomShift
+
+    ts: list = []
+    if 0 < acfg.crop_scale < 1:
+        ts.append(RandomCrop(acfg.crop_scale))
+    if acfg.shift_pad > 0:
+        ts.append(RandomShift(acfg.shift_pad))
+    if acfg.brightness or acfg.contrast or acfg.saturation:
+        ts.append(ColorJitter(acfg.brightness, acfg.contrast, acfg.saturation))
+    return Compose(tuple(ts)) if ts else None

@@ -1,0 +1,44 @@
+"""Start from a trained policy, possibly on a new robot (other action/state dims, other cameras).
+
+The architecture (backbone, head, chunk) comes from the checkpoint; the robot's shapes
+and normalization statistics come from the new dataset. Tensors whose shape no longer
+fits (state projection, action in/out projections) keep a fresh initialization; all
+others are loaded. The returned plan says which is which.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from vla.models.policy import WEIGHTS_FILE, Policy, PolicyConfig
+
+# Training-side options the user may change when fine-tuning; everything else is architecture.
+USER_BACKBONE_OPTIONS = ("freeze_vision", "freeze_vlm", "lora_rank", "lora_alpha", "gradient_checkpointing")
+USER_POLICY_OPTIONS = ("n_action_steps", "temporal_ensemble_coeff", "inference_steps")
+
+
+def init_from_checkpoint(path: str | Path, user_cfg: PolicyConfig, stats: dict) -> tuple[Policy, dict]:
+    path = Path(path)
+    cfg = Policy.load_config(path)
+    same_robot = (cfg.state_dim, cfg.action_dim, len(cfg.cameras)) == (
+        user_cfg.state_dim,
+        user_cfg.action_dim,
+        len(user_cfg.cameras),
+    )
+    for key in ("cameras", "state_dim", "action_dim", "fps", "state_key", *USER_POLICY_OPTIONS):
+        setattr(cfg, key, getattr(user_cfg, key))
+    for key in USER_BACKBONE_OPTIONS:
+        setattr(cfg.backbone, key, getattr(user_cfg.backbone, key))
+    policy = Policy(cfg, stats)
+    if hasattr(policy.head, "load_extra") and same_robot and (path / "head").is_dir():
+        policy.head.load_extra(path / "head")
+    report = policy.load_weights(load_file(str(path / WEIGHTS_FILE)), source=path, strict=False)
+    plan = {
+        "source": str(path),
+        "loaded": len(report["loaded"]),
+        "reinitialized": report["reinitialized"],
+        "stats": "computed from the new dataset",
+    }
+    return policy, plan

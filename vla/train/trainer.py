@@ -1,0 +1,278 @@
+"""The trainer: accelerate (DDP or DeepSpeed ZeRO) around ``Policy.compute_loss``.
+
+    trainer = Trainer(cfg); trainer.setup(); trainer.train(); trainer.cleanup()
+
+It never reaches inside a head. One process or many (``accelerate launch -m vla train``)
+run the same code; the data order comes from ``ShardedStepSampler`` so that a run
+with N processes at batch B sees the same samples as one process at batch N*B, and a
+resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from vla.models.policy import Policy
+from vla.train.checkpoint import CheckpointManager
+from vla.train.config import TrainConfig
+from vla.train.data import TrainingData, build_training_data
+from vla.train.ema import EMA
+from vla.train.finetune import init_from_checkpoint
+from vla.train.metrics import MetricsLogger, estimate_flops_per_sample, peak_memory_gb
+from vla.train.optim import build_optimizer
+from vla.train.sampler import ShardedStepSampler
+
+log = logging.getLogger(__name__)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        self.step = 0
+
+    # ---- setup ----------------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.accelerator = Accelerator(
+            mixed_precision=cfg.train.mixed_precision,
+            gradient_accumulation_steps=cfg.train.grad_accum,
+            step_scheduler_with_optimizer=False,  # the schedule is a function of the optimizer step, not of ranks
+            # Without a GPU, several processes (torchrun --nproc_per_node N -m vla train) train with gloo DDP.
+            cpu=not torch.cuda.is_available(),
+        )
+        acc = self.accelerator
+        set_seed(cfg.train.seed, device_specific=False)
+        self.is_main = acc.is_main_process
+        self.ckpt = CheckpointManager(self.out / "checkpoints", keep_last=cfg.train.keep_last, accelerator=acc)
+
+        self.data: TrainingData = build_training_data(cfg.dataset, cfg.policy, cfg.augment, seed=cfg.train.seed)
+        cfg.policy.cameras = self.data.cameras
+        cfg.policy.state_dim = self.data.state_dim
+        cfg.policy.action_dim = self.data.action_dim
+        cfg.policy.fps = self.data.fps
+        cfg.policy.state_key = cfg.dataset.state_key
+
+        if cfg.init_from:
+            self.policy, plan = init_from_checkpoint(cfg.init_from, cfg.policy, self.data.stats)
+        else:
+            self.policy, plan = Policy(cfg.policy, self.data.stats), None
+        self.unused = []
+        if acc.distributed_type.name in ("MULTI_GPU", "MULTI_CPU"):
+            self.unused = freeze_unused_parameters(self.policy, self.data, acc.device)
+        self._print_plan(plan)
+
+        self.optimizer, self.scheduler = build_optimizer(self.policy, cfg.optim, cfg.train.steps)
+        ds = acc.state.deepspeed_plugin
+        if ds is not None:  # we feed our own sampler, so DeepSpeed's "auto" batch sizes are filled here
+            ds.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.train.batch_size
+            ds.deepspeed_config["train_batch_size"] = cfg.train.batch_size * cfg.train.grad_accum * acc.num_processes
+            ds.deepspeed_config["gradient_clipping"] = cfg.optim.grad_clip
+        self.policy, self.optimizer = acc.prepare(self.policy, self.optimizer)
+        acc.register_for_checkpointing(self.scheduler)
+        self.ema = None
+        if cfg.train.ema_decay:
+            self.ema = EMA(acc.unwrap_model(self.policy), cfg.train.ema_decay)
+            acc.register_for_checkpointing(self.ema)
+
+        if cfg.resume:
+            self.step = self.ckpt.resume()
+            if self.is_main:
+                log.info("resumed from %s at step %d", self.ckpt.last, self.step)
+        self.loader = self._make_loader(start_step=self.step)
+        self.metrics = MetricsLogger(self.out, enabled=self.is_main, cfg=cfg, resume=cfg.resume, step=self.step)
+        self.flops_per_sample = estimate_flops_per_sample(acc.unwrap_model(self.policy))
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            from vla.config import to_dict
+
+            (self.out / "train_config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+
+    def _make_loader(self, start_step: int) -> DataLoader:
+        cfg, acc = self.cfg, self.accelerator
+        sampler = ShardedStepSampler(
+            num_samples=len(self.data.dataset),
+            batch_size=cfg.train.batch_size,
+            total_micro_steps=cfg.train.steps * cfg.train.grad_accum,
+            seed=cfg.train.seed,
+            rank=acc.process_index,
+            world_size=acc.num_processes,
+            start_micro_step=start_step * cfg.train.grad_accum,
+            weights=self.data.sample_weights,
+        )
+        return DataLoader(
+            self.data.dataset,
+            batch_size=cfg.train.batch_size,
+            sampler=sampler,
+            num_workers=cfg.train.num_workers,
+            collate_fn=self.data.collate,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=cfg.train.num_workers > 0,
+            prefetch_factor=4 if cfg.train.num_workers > 0 else None,
+        )
+
+    def _print_plan(self, plan: dict | None) -> None:
+        if not self.is_main:
+            return
+        policy = self.policy
+        total = sum(p.numel() for p in policy.parameters())
+        trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+        frozen = sorted(
+            {
+                n.split(".")[1] if n.startswith("backbone.") else n.split(".")[0]
+                for n, p in policy.named_parameters()
+                if not p.requires_grad
+            }
+        )
+        lines = [
+            "training plan:",
+            f"  data: {len(self.data.dataset)} samples, cameras {self.data.cameras}, "
+            f"state {self.data.state_dim}, action {self.data.action_dim}, fps {self.data.fps}",
+            f"  policy: backbone {self.cfg.policy.backbone.type}/{self.cfg.policy.backbone.preset}, "
+            f"head {self.cfg.policy.head.type}, chunk {self.cfg.policy.chunk_size}",
+            f"  parameters: {total / 1e6:.2f} M total, {trainable / 1e6:.2f} M trainable",
+            f"  frozen: {frozen or 'nothing'}",
+        ]
+        if self.unused:
+            lines.append(f"  unused by this head, frozen for DDP: {self.unused}")
+        if plan:
+            lines.append(f"  loaded from {plan['source']}: {plan['loaded']} tensors")
+            lines.append(f"  re-initialized (shape changed or new): {plan['reinitialized'] or 'nothing'}")
+            lines.append(f"  normalization statistics: {plan['stats']}")
+        print("\n".join(lines), flush=True)
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def train(self) -> dict:
+        cfg, acc = self.cfg, self.accelerator
+        total = cfg.train.steps
+        global_batch = cfg.train.batch_size * cfg.train.grad_accum * acc.num_processes
+        data_iter = iter(self.loader)
+        bar = tqdm(total=total, initial=self.step, disable=not self.is_main, desc="train", dynamic_ncols=True)
+        t_last, step_last = time.perf_counter(), self.step
+        loss_sum = torch.zeros((), device=acc.device)
+        n_sum = 0
+        self.policy.train()
+        grad_norm = None
+        while self.step < total:
+            for _ in range(cfg.train.grad_accum):
+                batch = self.data.to_device(next(data_iter), acc.device, step=self.step, rank=acc.process_index)
+                with acc.accumulate(self.policy):
+                    with acc.autocast():
+                        loss, _ = self.policy(batch)
+                    acc.backward(loss)
+                    if acc.sync_gradients and cfg.optim.grad_clip > 0:
+                        grad_norm = acc.clip_grad_norm_(self.policy.parameters(), cfg.optim.grad_clip)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                loss_sum += loss.detach()
+                n_sum += 1
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update(acc.unwrap_model(self.policy))
+            self.step += 1
+            bar.update(1)
+            if self.step % cfg.train.log_every == 0 or self.step == total:
+                mean_loss = acc.reduce(loss_sum / n_sum, reduction="mean").item()  # sync point, once per log
+                dt = time.perf_counter() - t_last
+                sps = (self.step - step_last) * global_batch / max(dt, 1e-9)
+                row = {
+                    "step": self.step,
+                    "loss": mean_loss,
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                    "samples_per_s": sps,
+                    "epoch": self.step * global_batch / len(self.data.dataset),
+                    "mfu": _mfu(self.flops_per_sample, sps, acc.num_processes),
+                    "peak_mem_gb": peak_memory_gb(),
+                }
+                if not math.isfinite(mean_loss):
+                    raise FloatingPointError(
+                        f"loss became {mean_loss} at step {self.step}: lower optim.lr, raise optim.warmup_steps, "
+                        "or check the dataset with `vla data validate`"
+                    )
+                self.metrics.log(row)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{row['lr']:.2e}", sps=f"{sps:.1f}")
+                t_last, step_last = time.perf_counter(), self.step
+                loss_sum.zero_()
+                n_sum = 0
+            if cfg.train.save_every and self.step % cfg.train.save_every == 0 and self.step < total:
+                self.save()
+            if cfg.train.eval_every and self.step % cfg.train.eval_every == 0:
+                self._evaluate()
+        bar.close()
+        final = self.save()
+        return self.metrics.finish(final_checkpoint=str(final), steps=self.step)
+
+    def save(self) -> Path:
+        unwrapped = self.accelerator.unwrap_model(self.policy)
+        return self.ckpt.save(self.step, unwrapped, self.ema)
+
+    def _evaluate(self) -> None:
+        """Periodic simulation evaluation through the evaluation runner (main process only)."""
+        if not self.is_main:
+            self.accelerator.wait_for_everyone()
+            return
+        from eval.runner import evaluate_policy
+
+        policy = self.accelerator.unwrap_model(self.policy)
+        policy.eval()
+        res = evaluate_policy(
+            policy,
+            self.cfg.train.eval_suite,
+            self.cfg.train.eval_episodes_per_task,
+            out_dir=self.out / "evals" / f"step_{self.step:06d}",
+        )
+        policy.train()
+        self.metrics.log({"step": self.step, "eval_success": res["average_success"]})
+        self.accelerator.wait_for_everyone()
+
+    def cleanup(self) -> None:
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+
+
+def freeze_unused_parameters(policy, data: TrainingData, device) -> list[str]:
+    """Freeze trainable parameters the loss never reaches (DDP requires every one to get a gradient).
+
+    E.g. the pi0-style flow expert reads only the keys/values of the VLM's last layer, so that
+    layer's MLP and the final norm get no gradient; an untied LM head is unused by continuous
+    heads. One forward/backward on a real batch finds them exactly.
+    """
+    policy.to(device)
+    batch = data.to_device(data.collate([data.dataset[i] for i in range(min(2, len(data.dataset)))]), device, 0, 0)
+    loss, _ = policy(batch)
+    loss.backward()
+    unused = [n for n, p in policy.named_parameters() if p.requires_grad and p.grad is None]
+    for n, p in policy.named_parameters():
+        p.grad = None
+        if n in unused:
+            p.requires_grad_(False)
+    return unused
+
+
+def _mfu(flops_per_sample: float, samples_per_s: float, num_processes: int) -> float | None:
+    """Model FLOPs utilization against the GPU's dense bf16 peak (None on CPU)."""
+    if not torch.cuda.is_available() or not flops_per_sample:
+        return None
+    name = torch.cuda.get_device_name()
+    peak = 989e12 if ("H100" in name or "H200" in name) else 312e12  # H100/H200 SXM dense bf16; else A100
+    return flops_per_sample * samples_per_s / (peak * num_processes)
+
+
+def run_training(cfg: TrainConfig) -> dict:
+    trainer = Trainer(cfg)
+    trainer.setup()
+    try:
+        return trainer.train()
+    finally:
+        trainer.cleanup()
