@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from eval.runner import episode_seed, evaluate_policy, select_tasks
-from eval.suites import Suite, get_suite
+from eval.runner import build_suite, episode_seed, evaluate_policy, select_tasks
+from eval.suites import Suite
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def bench_eval(
     suite: str, num_envs: int = 2, episodes_per_task: int = 4, tasks: str = "0", max_steps: int = 40
 ) -> dict:
     """Episodes per minute: naive loop vs runner (1 env) vs runner (``num_envs`` envs)."""
-    s = get_suite(suite, max_steps=max_steps)
+    s = build_suite(suite, max_steps=max_steps)
     policy = tiny_policy(s)
     episodes = [(t, i) for t in select_tasks(s, tasks) for i in range(episodes_per_task)]
     naive = naive_loop(policy, s, episodes)

@@ -12,6 +12,7 @@ Design, and why:
   ``predict_chunk`` call, seeded from the (episode seed, step) pairs in the batch:
   identical commands give identical numbers; a different ``--num-envs`` changes batch
   composition, which only matters for stochastic heads (their noise is drawn per batch).
+  Through ``--server`` every request carries its own (episode seed, step) seed.
 * **Render only what is used**: once per ``n_action_steps`` (the policy's new
   observation), plus every step of the episodes recorded on video. Only the policy's
   cameras are rendered.
@@ -193,18 +194,20 @@ class ServerChunker:
 
 
 # ---- the run ----------------------------------------------------------------------------------
-def _build_suite(cfg: EvalConfig, cameras: list[str] | None) -> Suite:
-    """The suite with the run's overrides; ``max_steps`` is applied to the tasks when the suite has no such field."""
-    fields = {f.name for f in dataclasses.fields(lookup(SuiteConfig, cfg.suite, "suite"))}
-    wanted = {"max_steps": cfg.max_steps, "image_size": cfg.image_size, "cameras": tuple(cameras) if cameras else None}
+def build_suite(
+    name: str, max_steps: int | None = None, image_size: int | None = None, cameras: list[str] | None = None
+) -> Suite:
+    """The suite with a run's overrides; ``max_steps`` is applied to the tasks when the suite has no such field."""
+    fields = {f.name for f in dataclasses.fields(lookup(SuiteConfig, name, "suite"))}
+    wanted = {"max_steps": max_steps, "image_size": image_size, "cameras": tuple(cameras) if cameras else None}
     bad = [k for k, v in wanted.items() if v is not None and k not in fields and k != "max_steps"]
     if bad:
-        raise ValueError(f"suite {cfg.suite!r} does not support overriding {bad}")
-    suite = get_suite(cfg.suite, **{k: v for k, v in wanted.items() if v is not None and k in fields})
-    if cfg.max_steps is not None and "max_steps" not in fields:
-        if cfg.max_steps < 1:
-            raise ValueError(f"--max-steps must be >= 1; got {cfg.max_steps}")
-        suite.tasks = [dataclasses.replace(t, max_steps=cfg.max_steps) for t in suite.tasks]
+        raise ValueError(f"suite {name!r} does not support overriding {bad}")
+    suite = get_suite(name, **{k: v for k, v in wanted.items() if v is not None and k in fields})
+    if max_steps is not None and "max_steps" not in fields:
+        if max_steps < 1:
+            raise ValueError(f"--max-steps must be >= 1; got {max_steps}")
+        suite.tasks = [dataclasses.replace(t, max_steps=max_steps) for t in suite.tasks]
     return suite
 
 
@@ -247,7 +250,7 @@ def run_evaluation(
     action_dim: int | None = None,
 ) -> dict:
     """Run (or resume) every episode of ``cfg`` not yet in ``cfg.out/episodes.jsonl``; write the report."""
-    suite = _build_suite(cfg, cameras)
+    suite = build_suite(cfg.suite, cfg.max_steps, cfg.image_size, cameras)
     if reference is not None:
         reference.check(suite)
     if action_dim is not None and action_dim != suite.action_dim:

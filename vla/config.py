@@ -62,7 +62,7 @@ def _all_field_paths(cls: type, obj, prefix: str = "") -> list[str]:
     return paths
 
 
-def parse_config(cls: type[T], args: list[str]) -> T:
+def parse_config[T](cls: type[T], args: list[str]) -> T:
     """Parse ``args`` (``--config PATH`` and ``--a.b=value`` overrides) into ``cls``."""
     args = list(args)
     config_path = None
@@ -110,7 +110,7 @@ def to_dict(cfg) -> dict:
     return draccus.encode(cfg)
 
 
-def from_dict(cls: type[T], raw: dict) -> T:
+def from_dict[T](cls: type[T], raw: dict) -> T:
     try:
         return draccus.decode(cls, raw)
     except Exception as e:

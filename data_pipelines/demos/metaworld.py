@@ -139,9 +139,11 @@ def generate(
     steps_after_success: int = 10,
     use_videos: bool = True,
     overwrite: bool = False,
+    max_steps: int | None = None,
 ) -> dict:
     """Record ``episodes_per_task`` scripted episodes of every task of ``suite`` into ``out``.
 
+    ``max_steps`` overrides the suite's step limit (episodes without success by then fail).
     Returns (and prints) the expert's success rate per task and overall, the number
     of episodes written and the generation rate (attempted episodes per minute,
     writing included).
@@ -153,7 +155,7 @@ def generate(
     config_cls = lookup(SuiteConfig, suite, "suite")
     if not issubclass(config_cls, MetaWorldSuiteConfig):
         raise ValueError(f"suite {suite!r} is not a MetaWorld suite; scripted experts exist only for MetaWorld")
-    mw = config_cls(cameras=tuple(cameras), image_size=image_size).build()
+    mw = config_cls(cameras=tuple(cameras), image_size=image_size, max_steps=max_steps).build()
 
     jobs = [
         _Job(ti, ep, demo_seed(seed, t.env_name, ep))

@@ -45,3 +45,12 @@ def test_generate_rejects_non_metaworld_suites(tmp_path):
     with pytest.raises(ValueError, match="not a MetaWorld suite"):
         generate(suite="libero_spatial", episodes_per_task=1, out=tmp_path / "x", workers=1)
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.sim
+def test_a_failed_run_leaves_no_dataset(tmp_path):
+    out = tmp_path / "never"
+    with pytest.raises(RuntimeError, match="no successful"):
+        # Five steps are too few for any expert: every episode fails and none is kept.
+        generate("mw-easy", episodes_per_task=1, out=out, cameras=("image",), image_size=32, workers=1, max_steps=5)
+    assert not out.exists() and not list(tmp_path.iterdir())

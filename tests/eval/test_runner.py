@@ -152,7 +152,6 @@ def test_repeatable_across_runs_and_num_envs_and_resumes(tmp_path):
 
 
 @pytest.mark.sim
-@pytest.mark.slow
 def test_killed_cli_run_resumes_to_the_same_results(tmp_path):
     args = [
         "--policy",
@@ -202,8 +201,7 @@ def test_killed_cli_run_resumes_to_the_same_results(tmp_path):
     from vla.cli.main import main
 
     assert main(["eval", *args, "--out", str(out)]) == 0
-    assert _read(out) == _strip(ref) | {"protocol": _read(out)["protocol"]}
-    assert _read(out)["tasks"] == _strip(ref)["tasks"]
+    assert _read(out) == _strip(ref)  # same numbers and protocol as an uninterrupted run
     assert len(log.read_text().splitlines()) == 4
 
 

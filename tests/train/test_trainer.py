@@ -38,8 +38,17 @@ def metrics(out: Path) -> list[dict]:
 
 def test_single_process_training_writes_contract_outputs(metaworld_layout_dataset, tmp_path):
     out = tmp_path / "run"
-    r = run_vla(["train", f"--dataset.root={metaworld_layout_dataset}", "--policy.head.type=regression",
-                 "--train.steps=25", "--train.batch_size=4", f"--output_dir={out}", *TINY])
+    r = run_vla(
+        [
+            "train",
+            f"--dataset.root={metaworld_layout_dataset}",
+            "--policy.head.type=regression",
+            "--train.steps=25",
+            "--train.batch_size=4",
+            f"--output_dir={out}",
+            *TINY,
+        ]
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     rows = metrics(out)
     assert [r["step"] for r in rows] == list(range(1, 26))
@@ -70,8 +79,13 @@ def test_bad_inputs_give_named_errors(tmp_path):
 @pytest.mark.slow
 def test_two_process_ddp_matches_single_process(metaworld_layout_dataset, tmp_path):
     """gloo DDP at batch 2 x 2 processes follows the same loss curve as 1 process at batch 4."""
-    common = ["train", f"--dataset.root={metaworld_layout_dataset}", "--policy.head.type=regression",
-              "--train.steps=8", *TINY]
+    common = [
+        "train",
+        f"--dataset.root={metaworld_layout_dataset}",
+        "--policy.head.type=regression",
+        "--train.steps=8",
+        *TINY,
+    ]
     single = tmp_path / "single"
     r = run_vla([*common, "--train.batch_size=4", f"--output_dir={single}"])
     assert r.returncode == 0, r.stderr[-3000:]
@@ -89,16 +103,28 @@ def test_two_process_ddp_matches_single_process(metaworld_layout_dataset, tmp_pa
 
 
 def test_kill_and_resume_reproduces_uninterrupted_run(metaworld_layout_dataset, tmp_path):
-    common = ["train", f"--dataset.root={metaworld_layout_dataset}", "--policy.head.type=flow",
-              "--train.steps=30", "--train.batch_size=2", "--train.save_every=4", *TINY]
+    common = [
+        "train",
+        f"--dataset.root={metaworld_layout_dataset}",
+        "--policy.head.type=flow",
+        "--train.steps=30",
+        "--train.batch_size=2",
+        "--train.save_every=4",
+        *TINY,
+    ]
     full = tmp_path / "full"
     r = run_vla([*common, f"--output_dir={full}"])
     assert r.returncode == 0, r.stderr[-3000:]
 
     crashed = tmp_path / "crashed"
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, "-m", "vla", *common, f"--output_dir={crashed}"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vla", *common, f"--output_dir={crashed}"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while not (crashed / "checkpoints" / "step_0000008").exists() and time.time() < deadline:
         time.sleep(0.05)
@@ -118,15 +144,33 @@ def test_kill_and_resume_reproduces_uninterrupted_run(metaworld_layout_dataset, 
 
 def test_finetune_onto_new_robot(metaworld_layout_dataset, three_cam_dataset, tmp_path):
     base = tmp_path / "base"
-    r = run_vla(["train", f"--dataset.root={metaworld_layout_dataset}", "--policy.head.type=flow",
-                 "--train.steps=3", "--train.batch_size=2", f"--output_dir={base}", *TINY])
+    r = run_vla(
+        [
+            "train",
+            f"--dataset.root={metaworld_layout_dataset}",
+            "--policy.head.type=flow",
+            "--train.steps=3",
+            "--train.batch_size=2",
+            f"--output_dir={base}",
+            *TINY,
+        ]
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     ft = tmp_path / "ft"
-    r = run_vla(["train", f"--dataset.root={three_cam_dataset}", f"--init-from={base / 'checkpoints' / 'last'}",
-                 "--train.steps=3", "--train.batch_size=2", f"--output_dir={ft}", *TINY])
+    r = run_vla(
+        [
+            "train",
+            f"--dataset.root={three_cam_dataset}",
+            f"--init-from={base / 'checkpoints' / 'last'}",
+            "--train.steps=3",
+            "--train.batch_size=2",
+            f"--output_dir={ft}",
+            *TINY,
+        ]
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "re-initialized" in r.stdout and "loaded from" in r.stdout
-    plan = r.stdout[r.stdout.index("re-initialized"):].splitlines()[0]
+    plan = r.stdout[r.stdout.index("re-initialized") :].splitlines()[0]
     assert "state_proj" in plan or "state" in plan  # the 4 -> 7 dim state projection is new
     assert "action_in" in plan and "action_out" in plan  # 4 -> 14 dim action projections are new
 

@@ -19,14 +19,14 @@ from vla.cli.common import friendly_errors, hyphens_to_underscores
 
 def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        from vla.config import parse_config
+        import dataclasses
+
         from vla.serve.server import ServeConfig
 
-        try:
-            parse_config(ServeConfig, ["--help"])
-        except BaseException:  # noqa: BLE001  draccus prints the option list and exits
-            pass
+        print(__doc__)
+        print("options (--name VALUE or --name=VALUE; hyphens and underscores are the same):")
+        for f in dataclasses.fields(ServeConfig):
+            print(f"  --{f.name.replace('_', '-'):<16} default: {f.default!r}")
         return 0
     with friendly_errors("serve"):
         from vla.config import parse_config

@@ -12,6 +12,7 @@ exactly as it trained.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -133,27 +134,33 @@ class Policy(nn.Module):
         return out
 
     # ---- training -------------------------------------------------------------------------------
-    def _prefix_fn(self, batch: dict):
-        """Prepare inputs once; return a closure that runs the backbone (heads call it as they need)."""
+    def _prefix_fn(self, batch: dict) -> tuple[functools.partial, dict]:
+        """Prepare inputs once; return a closure that runs the backbone (heads call it as they need)
+        and the normalized state, which heads conditioning on the state directly also receive."""
         inputs = self.backbone.prepare_inputs(batch["images"], batch["image_mask"], batch["instruction"])
         state = self._normalize("state", batch["state"].float(), batch.get("dataset_index"))
-        if "state_mask" in batch:
-            state = state * batch["state_mask"].to(state.dtype)
-        return functools.partial(self.backbone.encode, inputs, state, with_kv=self.head.needs_kv)
+        state_mask = batch.get("state_mask")
+        if state_mask is None:
+            state_mask = torch.ones_like(state, dtype=torch.bool)
+        state = state * state_mask.to(state.dtype)
+        fn = functools.partial(self.backbone.encode, inputs, state, state_mask=state_mask, with_kv=self.head.needs_kv)
+        return fn, {"state": state, "state_mask": state_mask}
 
-    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         """Loss on a canonical batch in raw units (see vla/types.py)."""
         self._check_batch(batch, with_actions=True)
         actions = self._normalize("actions", batch["actions"].float(), batch.get("dataset_index"))  # (B, H, D)
         b, h, d = actions.shape
+        prefix_fn, state = self._prefix_fn(batch)
         target = {
+            **state,
             "actions": actions,
             "action_pad": batch.get("action_pad", torch.zeros(b, h, dtype=torch.bool, device=actions.device)),
             "action_dim_mask": batch.get("action_dim_mask", torch.ones(b, d, dtype=torch.bool, device=actions.device)),
         }
-        return self.head.loss(self._prefix_fn(batch), target)
+        return self.head.loss(prefix_fn, target)
 
-    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
         # DDP/DeepSpeed hook into forward(), so the trainer calls policy(batch), never compute_loss directly.
         return self.compute_loss(batch)
 
@@ -169,10 +176,18 @@ class Policy(nn.Module):
             obs["images"] = obs["images"].float() / 255.0
         obs.setdefault("image_mask", torch.ones(obs["images"].shape[:2], dtype=torch.bool, device=obs["images"].device))
         steps = num_steps or self.config.inference_steps
-        with torch.random.fork_rng(devices=[obs["images"].device] if obs["images"].is_cuda else []):
+        # A seed makes stochastic heads (diffusion, flow) reproducible without disturbing the global RNG;
+        # without one they draw fresh noise from it, as sampling should.
+        rng = (
+            contextlib.nullcontext()
+            if seed is None
+            else torch.random.fork_rng(devices=[obs["images"].device] if obs["images"].is_cuda else [])
+        )
+        with rng:
             if seed is not None:
                 torch.manual_seed(seed)
-            chunk = self.head.sample(self._prefix_fn(obs), {}, num_steps=steps)  # (B, H, D) normalized
+            prefix_fn, state = self._prefix_fn(obs)
+            chunk = self.head.sample(prefix_fn, state, num_steps=steps)  # (B, H, D) normalized
         return self.normalizers[embodiment].unnormalize("actions", chunk.float())
 
     def reset(self) -> None:
@@ -242,9 +257,9 @@ class Policy(nn.Module):
         save_file(tensors, str(directory / WEIGHTS_FILE))
         (directory / CONFIG_FILE).write_text(json.dumps(to_dict(self.config), indent=2))
         (directory / STATS_FILE).write_text(json.dumps(self.stats, indent=2))
-        if hasattr(self.head, "save_extra"):
+        if getattr(getattr(self.head, "tokenizer", None), "is_fitted", False):  # FAST: the fitted tokenizer
             (directory / HEAD_DIR).mkdir(exist_ok=True)
-            self.head.save_extra(directory / HEAD_DIR)
+            self.head.save_tokenizer(directory / HEAD_DIR)
 
     @staticmethod
     def load_config(path: str | Path) -> PolicyConfig:
@@ -261,8 +276,8 @@ class Policy(nn.Module):
         config = cls.load_config(path)
         stats = json.loads((path / STATS_FILE).read_text())
         policy = cls(config, stats)
-        if hasattr(policy.head, "load_extra") and (path / HEAD_DIR).is_dir():
-            policy.head.load_extra(path / HEAD_DIR)
+        if (path / HEAD_DIR).is_dir():
+            policy.head.load_tokenizer(path / HEAD_DIR)
         policy.load_weights(load_file(str(path / WEIGHTS_FILE)), source=path / WEIGHTS_FILE, strict=True)
         return policy.to(device).eval()
 

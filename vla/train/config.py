@@ -29,6 +29,8 @@ class DatasetConfig:
     camera_layout: str = "union"  # mixtures: "union" of camera names, or "max" (slots by position)
     episodes: list[int] | None = None  # a subset of episode indices (default: all)
     image_size: int | None = None  # resize on load (None: keep; the backbone resizes anyway)
+    cache: bool = False  # decode every sample once into memory (small datasets: removes the decoding bottleneck)
+    cache_max_gb: float = 8.0
 
 
 @dataclass

@@ -9,12 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from data_pipelines.cache import InMemoryDataset
 from data_pipelines.collate import collate
 from data_pipelines.feature_map import FeatureMapConfig
 from data_pipelines.lerobot_source import LeRobotSource, LeRobotSourceConfig
-from data_pipelines.stats import compute_stats
+from data_pipelines.stats import compute_stats, read_columns
 
 
 @dataclass
@@ -73,7 +75,9 @@ def build_training_data(dcfg, pcfg, acfg, seed: int = 0) -> TrainingData:
         # Each member keeps its own statistics; the policy normalizes each sample with its member's
         # (by dataset_index) and serves the primary member's robot (dataset.root) by default.
         member_stats = [_stats(src) for src in sources]
-        weights = torch.cat([torch.full((len(src),), w / len(src)) for src, (_, w) in zip(sources, members)])
+        weights = torch.cat(
+            [torch.full((len(src),), w / len(src)) for src, (_, w) in zip(sources, members, strict=True)]
+        )
         return TrainingData(
             dataset=mix,
             cameras=list(mix.camera_names),
@@ -87,8 +91,9 @@ def build_training_data(dcfg, pcfg, acfg, seed: int = 0) -> TrainingData:
         )
     src = _source(dcfg.root, dcfg.repo_id, dcfg, pcfg.chunk_size)
     fmap = src.feature_map
+    dataset = InMemoryDataset(src, max_gb=dcfg.cache_max_gb) if dcfg.cache else src
     return TrainingData(
-        dataset=src,
+        dataset=dataset,
         cameras=fmap.camera_names,
         state_dim=fmap.state_dim,
         action_dim=fmap.action_dim,
@@ -126,3 +131,30 @@ def build_augment(acfg):
     if acfg.brightness or acfg.contrast or acfg.saturation:
         ts.append(ColorJitter(acfg.brightness, acfg.contrast, acfg.saturation))
     return Compose(tuple(ts)) if ts else None
+
+
+def normalized_action_chunks(data: TrainingData, policy, max_chunks: int = 20000) -> np.ndarray:
+    """Every length-H window of actions inside an episode, normalized as the policy does: (N, H, D).
+
+    Used to fit the FAST tokenizer before training (windows never cross episode ends).
+    """
+    src = data.dataset.sources[0] if hasattr(data.dataset, "sources") else data.dataset
+    src = getattr(src, "source", src)  # an in-memory cache wraps the source
+    fmap = src.feature_map
+    cols = read_columns(src.root, [fmap.action, "episode_index"])
+    actions = torch.as_tensor(cols[fmap.action], dtype=torch.float32)  # (N, D)
+    episodes = cols["episode_index"].reshape(-1)
+    h = policy.config.chunk_size
+    windows = []
+    for ep in np.unique(episodes):
+        a = actions[episodes == ep]
+        if len(a) >= h:
+            windows.append(a.unfold(0, h, 1).permute(0, 2, 1))  # (n, H, D)
+    if not windows:
+        raise ValueError(f"no episode of {src.root} is as long as the chunk ({h} steps)")
+    chunks = torch.cat(windows)
+    if len(chunks) > max_chunks:
+        chunks = chunks[torch.randperm(len(chunks), generator=torch.Generator().manual_seed(0))[:max_chunks]]
+    with torch.no_grad():
+        chunks = policy.normalizers[0].normalize("actions", chunks)
+    return chunks.numpy()

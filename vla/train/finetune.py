@@ -32,8 +32,8 @@ def init_from_checkpoint(path: str | Path, user_cfg: PolicyConfig, stats: dict) 
     for key in USER_BACKBONE_OPTIONS:
         setattr(cfg.backbone, key, getattr(user_cfg.backbone, key))
     policy = Policy(cfg, stats)
-    if hasattr(policy.head, "load_extra") and same_robot and (path / "head").is_dir():
-        policy.head.load_extra(path / "head")
+    if same_robot and (path / "head").is_dir():  # FAST: the action space is unchanged, keep its tokenizer
+        policy.head.load_tokenizer(path / "head")
     report = policy.load_weights(load_file(str(path / WEIGHTS_FILE)), source=path, strict=False)
     plan = {
         "source": str(path),

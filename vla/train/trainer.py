@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from vla.models.policy import Policy
 from vla.train.checkpoint import CheckpointManager
 from vla.train.config import TrainConfig
-from vla.train.data import TrainingData, build_training_data
+from vla.train.data import TrainingData, build_training_data, normalized_action_chunks
 from vla.train.ema import EMA
 from vla.train.finetune import init_from_checkpoint
 from vla.train.metrics import MetricsLogger, estimate_flops_per_sample, peak_memory_gb
@@ -67,6 +67,11 @@ class Trainer:
             self.policy, plan = init_from_checkpoint(cfg.init_from, cfg.policy, self.data.stats)
         else:
             self.policy, plan = Policy(cfg.policy, self.data.stats), None
+        tokenizer = getattr(self.policy.head, "tokenizer", None)
+        if tokenizer is not None and not tokenizer.is_fitted:  # FAST: fit on this dataset's action chunks
+            report = self.policy.head.fit_tokenizer(normalized_action_chunks(self.data, self.policy))
+            if self.is_main:
+                print(f"fitted the FAST tokenizer on the dataset: {report}", flush=True)
         self.unused = []
         if acc.distributed_type.name in ("MULTI_GPU", "MULTI_CPU"):
             self.unused = freeze_unused_parameters(self.policy, self.data, acc.device)
@@ -110,15 +115,21 @@ class Trainer:
             start_micro_step=start_step * cfg.train.grad_accum,
             weights=self.data.sample_weights,
         )
+        from data_pipelines.cache import InMemoryDataset
+        from data_pipelines.lerobot_source import worker_init_fn
+
+        # An in-memory dataset is only indexed: worker processes would cost more than they save.
+        workers = 0 if isinstance(self.data.dataset, InMemoryDataset) else cfg.train.num_workers
         return DataLoader(
             self.data.dataset,
             batch_size=cfg.train.batch_size,
             sampler=sampler,
-            num_workers=cfg.train.num_workers,
+            num_workers=workers,
+            worker_init_fn=worker_init_fn,
             collate_fn=self.data.collate,
             pin_memory=torch.cuda.is_available(),
-            persistent_workers=cfg.train.num_workers > 0,
-            prefetch_factor=4 if cfg.train.num_workers > 0 else None,
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
         )
 
     def _print_plan(self, plan: dict | None) -> None:

@@ -30,7 +30,7 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(
         text_width=128, text_layers=4, text_ffn=256, text_heads=4, text_kv_heads=1, head_dim=32,
         vision_width=64, vision_layers=2, vision_ffn=128, vision_heads=2, patch_size=16, image_size=64,
-        vocab_size=2048,
+        vocab_size=3072,  # 1,152 <loc>/<seg> ids + the tokenizer + room for FAST's 1,025 action ids
     ),
     "paligemma-3b": dict(  # google/paligemma-3b-pt-224
         text_width=2048, text_layers=18, text_ffn=16384, text_heads=8, text_kv_heads=1, head_dim=256,

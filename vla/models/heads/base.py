@@ -36,8 +36,9 @@ class Head(nn.Module, abc.ABC):
     needs_suffix: bool = False
 
     @abc.abstractmethod
-    def loss(self, prefix_fn, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        """Training loss on normalized ``batch["actions"]`` (B, H, D).
+    def loss(self, prefix_fn, batch: dict) -> tuple[torch.Tensor, dict]:
+        """Training loss on normalized ``batch["actions"]`` (B, H, D), and metrics (floats or detached
+        0-d tensors: no ``.item()`` here, which would sync the GPU every step).
 
         ``prefix_fn(**kwargs) -> Prefix`` runs the backbone (so discrete heads can pass a
         suffix). ``batch`` carries ``actions``, ``action_pad`` (B, H) and

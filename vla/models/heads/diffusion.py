@@ -119,7 +119,7 @@ class DiffusionHead(Head):
         out = self.expert(tokens, prefix.mask, context=prefix.hidden, cond=cond)  # (B, [1+]H, We)
         return self.action_out(out[:, -self.horizon :]).float()  # (B, H, D)
 
-    def loss(self, prefix_fn, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, prefix_fn, batch: dict) -> tuple[torch.Tensor, dict]:
         actions = batch["actions"].float()
         b = check_shape("actions", actions, "B H D", H=self.horizon, D=self.action_dim)["B"]
         weights = action_weights(batch, actions)
@@ -136,7 +136,7 @@ class DiffusionHead(Head):
             target = self.train_scheduler.get_velocity(actions, noise, timesteps)
         err = (self.denoise(prefix, x_t, timesteps) - target) ** 2
         loss = masked_mean(err, weights)
-        return loss, {"loss": loss.item()}  # .item(): sync point, once per step
+        return loss, {"loss": loss.detach()}  # tensors: the trainer decides when to sync
 
     @torch.no_grad()
     def sample(self, prefix_fn, batch: dict, num_steps: int | None = None) -> torch.Tensor:

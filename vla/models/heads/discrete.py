@@ -192,7 +192,7 @@ class DiscreteHead(Head):
         """(B, L, W) -> (B, L, n_action) logits over the action ids only (float32)."""
         return self.backbone.lm_logits(hidden).index_select(-1, self.action_ids).float()
 
-    def _targets(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def _targets(self, batch: dict) -> tuple[torch.Tensor, dict]:
         """Local target ids (B, L) with IGNORE on padding, and tokenization metrics."""
         actions = batch["actions"]
         b = check_shape("actions", actions, "B H D", H=self.horizon, D=self.action_dim)["B"]
@@ -227,7 +227,7 @@ class DiscreteHead(Head):
         return ids.to(actions.device), metrics
 
     # ---- contract ---------------------------------------------------------------------
-    def loss(self, prefix_fn, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, prefix_fn, batch: dict) -> tuple[torch.Tensor, dict]:
         targets, metrics = self._targets(batch)  # (B, L)
         b, length = targets.shape
         real = targets != IGNORE  # (B, L)
@@ -245,7 +245,7 @@ class DiscreteHead(Head):
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
         with torch.no_grad():
             acc = ((logits.argmax(-1) == targets) & real).sum() / real.sum().clamp(min=1)
-        metrics.update(loss=loss.item(), token_accuracy=acc.item())  # .item(): sync point, once per step
+        metrics.update(loss=loss.detach(), token_accuracy=acc.detach())  # tensors: no sync in the hot loop
         return loss, metrics
 
     @torch.no_grad()

@@ -98,7 +98,7 @@ class FlowMatchingHead(Head):
         out = self.expert(tokens, prefix.mask, context_kv=(prefix.keys, prefix.values))  # (B, [1+]H, We)
         return self.action_out(out[:, -self.horizon :]).float()  # (B, H, D)
 
-    def loss(self, prefix_fn, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, prefix_fn, batch: dict) -> tuple[torch.Tensor, dict]:
         actions = batch["actions"].float()
         b = check_shape("actions", actions, "B H D", H=self.horizon, D=self.action_dim)["B"]
         weights = action_weights(batch, actions)
@@ -110,7 +110,7 @@ class FlowMatchingHead(Head):
         target = noise - actions  # velocity dx_t/dt
         err = (self.velocity(prefix, x_t, t) - target) ** 2
         loss = masked_mean(err, weights)
-        return loss, {"loss": loss.item()}  # .item(): sync point, once per step
+        return loss, {"loss": loss.detach()}  # tensors: the trainer decides when to sync
 
     @torch.no_grad()
     def sample(self, prefix_fn, batch: dict, num_steps: int | None = None) -> torch.Tensor:

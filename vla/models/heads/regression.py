@@ -77,7 +77,7 @@ class RegressionHead(Head):
         out = self.expert(tokens, prefix.mask, context=prefix.hidden)  # (B, [1+]H, We)
         return self.action_out(out[:, -self.horizon :])  # (B, H, D)
 
-    def loss(self, prefix_fn, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, prefix_fn, batch: dict) -> tuple[torch.Tensor, dict]:
         actions = batch["actions"]
         check_shape("actions", actions, "B H D", H=self.horizon, D=self.action_dim)
         pred = self.predict(prefix_fn()).float()
@@ -86,7 +86,7 @@ class RegressionHead(Head):
         loss = masked_mean(err, weights)
         with torch.no_grad():
             mae = masked_mean((pred - actions.float()).abs(), weights)
-        return loss, {"loss": loss.item(), "mae": mae.item()}  # .item(): sync point, once per step
+        return loss, {"loss": loss.detach(), "mae": mae.detach()}  # tensors: no sync in the hot loop
 
     @torch.no_grad()
     def sample(self, prefix_fn, batch: dict, num_steps: int | None = None) -> torch.Tensor:

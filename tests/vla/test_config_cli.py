@@ -1,0 +1,57 @@
+"""Config parsing, recipes and the `vla` command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vla.config import ConfigError, parse_config
+from vla.train.config import TrainConfig
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "configs" / "experiments").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_recipe_parses(recipe):
+    cfg = parse_config(TrainConfig, ["--config", str(recipe)])
+    assert cfg.train.steps > 0 and cfg.policy.head.type in {"bins", "fast", "diffusion", "flow", "regression"}
+
+
+def test_overrides_keep_the_recipe_head_type():
+    recipe = REPO / "configs/experiments/mw10_diffusion.yaml"
+    cfg = parse_config(TrainConfig, ["--config", str(recipe), "--policy.head.num_inference_steps=4"])
+    assert cfg.policy.head.type == "diffusion" and cfg.policy.head.num_inference_steps == 4
+    cfg = parse_config(TrainConfig, ["--policy.head.num_steps=3"])  # default head (flow)
+    assert cfg.policy.head.type == "flow" and cfg.policy.head.num_steps == 3
+
+
+def test_unknown_or_mistyped_keys_are_named():
+    with pytest.raises(ConfigError, match="train.stpes"):
+        parse_config(TrainConfig, ["--train.stpes=3"])
+    with pytest.raises(ConfigError):
+        parse_config(TrainConfig, ["--train.steps=many"])
+    with pytest.raises(ConfigError, match="not found"):
+        parse_config(TrainConfig, ["--config", "nope.yaml"])
+
+
+def test_contract_command_line_parses():
+    cfg = parse_config(TrainConfig, ["--dataset.root=/d", "--policy.backbone.preset=tiny-paligemma",
+                                     "--policy.head.type=bins", "--train.steps=5", "--train.batch_size=2",
+                                     "--output_dir=/o"])
+    assert (cfg.policy.backbone.type, cfg.policy.backbone.preset, cfg.policy.head.type) == ("paligemma", "tiny", "bins")
+
+
+@pytest.mark.parametrize("sub", ["", "data", "train", "eval", "eval-sweep", "serve", "bench", "export"])
+def test_every_subcommand_has_help(sub):
+    args = [sys.executable, "-m", "vla"] + ([sub] if sub else []) + ["--help"]
+    r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout) > 100
+
+
+def test_unknown_subcommand_suggests():
+    r = subprocess.run([sys.executable, "-m", "vla", "trian"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "train" in r.stderr

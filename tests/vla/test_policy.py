@@ -1,0 +1,145 @@
+"""Policy: shapes and units, save/load round trip, action queue, temporal ensembling, bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vla.models.backbones.base import BackboneConfig
+from vla.models.heads.base import HeadConfig
+from vla.models.policy import Policy, PolicyConfig, checkpoint_hash
+
+STATS = {
+    "state": {"mean": [1.0, 2.0, 3.0, 4.0], "std": [2.0, 2.0, 2.0, 2.0]},
+    "actions": {"mean": [10.0, -10.0, 0.0], "std": [5.0, 1.0, 0.5]},
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_policy(head: str = "flow", preset: str = "tiny-smolvlm", **kw) -> Policy:
+    torch.manual_seed(0)
+    cfg = PolicyConfig(
+        backbone=BackboneConfig.get_choice_class("smolvlm")(preset=preset),
+        head=HeadConfig.get_choice_class(head)(),
+        chunk_size=6,
+        n_action_steps=kw.pop("n_action_steps", 3),
+        cameras=["image", "wrist"],
+        state_dim=4,
+        action_dim=3,
+        **kw,
+    )
+    return Policy(cfg, STATS).eval()
+
+
+def obs(b: int = 2) -> dict:
+    g = torch.Generator().manual_seed(1)
+    return {
+        "images": torch.randint(0, 255, (b, 2, 3, 48, 48), dtype=torch.uint8, generator=g),
+        "state": torch.randn(b, 4, generator=g),
+        "instruction": ["open the drawer", "push the button"][:b],
+    }
+
+
+def test_preset_name_picks_the_family():
+    cfg = PolicyConfig(backbone=BackboneConfig.get_choice_class("smolvlm")(preset="tiny-qwen2_5_vl"))
+    assert cfg.backbone.type == "qwen2_5_vl" and cfg.backbone.preset == "tiny"
+    cfg = PolicyConfig(backbone=BackboneConfig.get_choice_class("smolvlm")(preset="paligemma-3b"))
+    assert cfg.backbone.type == "paligemma" and cfg.backbone.preset == "paligemma-3b"
+
+
+def test_predict_chunk_is_in_robot_units():
+    policy = make_policy("regression")
+    chunk = policy.predict_chunk(obs())
+    assert chunk.shape == (2, 6, 3)
+    # Unnormalized: the regression head's near-zero outputs land near the action mean.
+    assert torch.allclose(chunk.mean((0, 1)), torch.tensor([10.0, -10.0, 0.0]), atol=5.0)
+
+
+def test_seeded_sampling_is_reproducible_and_unseeded_is_not():
+    policy = make_policy("flow")
+    a, b = policy.predict_chunk(obs(), seed=3), policy.predict_chunk(obs(), seed=3)
+    assert torch.equal(a, b)
+    assert not torch.equal(policy.predict_chunk(obs()), policy.predict_chunk(obs()))
+
+
+@pytest.mark.parametrize("head", ["flow", "bins"])
+def test_save_load_gives_identical_outputs(tmp_path, head):
+    policy = make_policy(head)
+    path = policy.save(tmp_path / "ckpt")
+    assert not list(tmp_path.glob(".*partial"))
+    loaded = Policy.load(path)
+    assert torch.equal(policy.predict_chunk(obs(), seed=0), loaded.predict_chunk(obs(), seed=0))
+    assert json.loads((path / "stats.json").read_text())["actions"]["std"] == [5.0, 1.0, 0.5]
+    assert len(checkpoint_hash(path)) == 16
+
+
+def test_load_rejects_mismatched_weights(tmp_path):
+    make_policy("regression").save(tmp_path / "a")
+    cfg = json.loads((tmp_path / "a" / "config.json").read_text())
+    cfg["action_dim"] = 5
+    (tmp_path / "a" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="shape mismatch"):
+        Policy.load(tmp_path / "a")
+    with pytest.raises(FileNotFoundError, match="missing config.json"):
+        Policy.load(tmp_path / "nothing")
+
+
+def test_bad_observations_name_the_key():
+    policy = make_policy("regression")
+    bad = obs()
+    bad["state"] = torch.randn(2, 5)
+    with pytest.raises(ValueError, match=r"state: expected \(B=2, S=4\)"):
+        policy.predict_chunk(bad)
+    bad = obs()
+    bad["images"] = bad["images"][:, :1]
+    with pytest.raises(ValueError, match="images"):
+        policy.predict_chunk(bad)
+    bad = obs()
+    del bad["instruction"]
+    with pytest.raises(KeyError, match="instruction"):
+        policy.predict_chunk(bad)
+
+
+def test_select_action_plays_n_action_steps_of_each_chunk(monkeypatch):
+    policy = make_policy("regression", n_action_steps=3)
+    calls = []
+    chunks = [torch.arange(6 * 3, dtype=torch.float32).reshape(1, 6, 3) + 100 * i for i in range(3)]
+
+    def fake_predict(observation, **kw):
+        calls.append(1)
+        return chunks[len(calls) - 1]
+
+    monkeypatch.setattr(policy, "predict_chunk", fake_predict)
+    actions = [policy.select_action(obs(1)) for _ in range(6)]
+    assert len(calls) == 2  # a new chunk every 3 steps
+    assert torch.equal(actions[0], chunks[0][:, 0]) and torch.equal(actions[2], chunks[0][:, 2])
+    assert torch.equal(actions[3], chunks[1][:, 0])
+    policy.reset()
+    policy.select_action(obs(1))
+    assert len(calls) == 3
+
+
+def test_temporal_ensembling_averages_overlapping_chunks(monkeypatch):
+    policy = make_policy("regression", n_action_steps=1, temporal_ensemble_coeff=0.0)
+    chunks = iter([torch.zeros(1, 6, 3), torch.ones(1, 6, 3) * 3])
+    monkeypatch.setattr(policy, "predict_chunk", lambda observation, **kw: next(chunks))
+    first = policy.select_action(obs(1))
+    second = policy.select_action(obs(1))
+    assert torch.allclose(first, torch.zeros(1, 3))
+    assert torch.allclose(second, torch.full((1, 3), 1.5))  # equal weights: mean of 0 and 3
+
+
+def test_config_rejects_impossible_combinations():
+    with pytest.raises(ValueError, match="n_action_steps"):
+        PolicyConfig(chunk_size=4, n_action_steps=5)
+    with pytest.raises(ValueError, match="temporal_ensemble_coeff"):
+        PolicyConfig(chunk_size=4, n_action_steps=2, temporal_ensemble_coeff=0.01)

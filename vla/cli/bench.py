@@ -1,0 +1,165 @@
+"""`vla bench <what>`: benchmarks with JSON output (and a markdown table for `all`).
+
+    vla bench data  --root DIR [--batch-size 16 --workers 2]     our DataLoader vs a plain LeRobot one
+    vla bench train [--scale tiny|pi0|smolvla --batch-sizes 8,16] training samples/s, memory, MFU
+    vla bench infer [--scale ...]                                  one chunk at batch 1: p50/p90 latency
+    vla bench eval  [--suite mw-easy --num-envs 2]                 runner vs naive loop, E envs vs 1
+    vla bench serve [--checkpoint CKPT]                            round trip p50/p99, 1 and 8 clients
+    vla bench all   --out DIR [--root DIR]                         everything above, one JSON + one table
+
+Timings are measured here, never asserted in tests. On a GPU machine pass --scale pi0
+for the pi0-scale configuration (PaliGemma-3B dimensions + a 300M flow expert, 2
+cameras at 224 px, 48 tokens, chunk 50, bf16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+from vla.cli.common import friendly_errors
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def run_data(a) -> dict:
+    from data_pipelines.bench import bench_dataloader
+
+    root = a.root or _demo_dataset(a)
+    return bench_dataloader(root, batch_size=a.batch_size, workers=a.workers, steps=a.steps, chunk=a.chunk)
+
+
+def _model_cfg(a):
+    from vla.bench.model import ModelBenchConfig
+
+    return ModelBenchConfig(
+        scale=a.scale,
+        head=a.head,
+        batch_sizes=_ints(a.batch_sizes),
+        steps=a.steps,
+        dtype=a.dtype,
+        image_size=a.image_size,
+        chunk=a.chunk,
+        gradient_checkpointing=a.grad_ckpt,
+        compile=a.compile,
+        device=a.device,
+    )
+
+
+def run_train(a) -> list[dict]:
+    from vla.bench.model import bench_train
+
+    return bench_train(_model_cfg(a))
+
+
+def run_infer(a) -> dict:
+    from vla.bench.model import bench_infer
+
+    return bench_infer(_model_cfg(a))
+
+
+def run_eval(a) -> dict:
+    from eval.bench import bench_eval
+
+    return bench_eval(a.suite, num_envs=a.num_envs, episodes_per_task=a.episodes_per_task, max_steps=a.max_steps)
+
+
+def run_serve(a) -> dict:
+    from vla.serve.bench import bench_serve
+
+    if a.checkpoint:
+        target = a.checkpoint
+    else:
+        from vla.bench.model import ModelBenchConfig, _device, build_policy
+
+        cfg = ModelBenchConfig(scale=a.scale, head=a.head, dtype=a.dtype, chunk=a.chunk)
+        target = build_policy(cfg, _device(a.device)).eval()
+    return bench_serve(
+        target, clients=tuple(_ints(a.clients)), requests=a.requests, device=a.device if a.device != "auto" else "cpu"
+    )
+
+
+def _demo_dataset(a) -> str:
+    """A small MetaWorld dataset for `bench data` when no --root is given (generated once)."""
+    from data_pipelines.demos.metaworld import generate
+
+    root = Path(a.out or "outputs/bench") / "mw-easy-bench-data"
+    if not (root / "meta" / "info.json").exists():
+        generate("mw-easy", 2, root, image_size=128)
+    return str(root)
+
+
+RUNNERS = {"data": run_data, "train": run_train, "infer": run_infer, "eval": run_eval, "serve": run_serve}
+
+
+def markdown_table(results: dict) -> str:
+    lines = ["| benchmark | configuration | figure |", "|---|---|---|"]
+    for name, res in results.items():
+        rows = res if isinstance(res, list) else [res]
+        for r in rows:
+            if not isinstance(r, dict):
+                continue
+            figures = {
+                k: v
+                for k, v in r.items()
+                if any(s in k for s in ("per_s", "per_min", "_ms", "mem", "mfu", "speedup", "ratio", "oom"))
+            }
+            config = {k: v for k, v in r.items() if k not in figures and not isinstance(v, dict | list)}
+            lines.append(
+                f"| {name} | {', '.join(f'{k}={v}' for k, v in config.items())} | "
+                f"{', '.join(f'{k}={v}' for k, v in figures.items())} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="vla bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("what", choices=[*RUNNERS, "all"])
+    p.add_argument("--out", default=None, help="directory for bench.json / bench.md (all) or the JSON (others)")
+    p.add_argument("--root", default=None, help="dataset for `data` (default: a small generated mw-easy set)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--chunk", type=int, default=50)
+    p.add_argument("--scale", default="tiny", choices=["tiny", "pi0", "smolvla"])
+    p.add_argument("--head", default=None, help="override the scale's head (bins, fast, diffusion, flow, regression)")
+    p.add_argument("--batch-sizes", default="8")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--grad-ckpt", action="store_true")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--suite", default="mw-easy")
+    p.add_argument("--num-envs", type=int, default=2)
+    p.add_argument("--episodes-per-task", type=int, default=4)
+    p.add_argument("--max-steps", type=int, default=40)
+    p.add_argument("--checkpoint", default=None, help="`serve`: a policy checkpoint (default: a random-init one)")
+    p.add_argument("--clients", default="1,8")
+    p.add_argument("--requests", type=int, default=20)
+    a = p.parse_args(argv)
+    with friendly_errors("bench"):
+        names = list(RUNNERS) if a.what == "all" else [a.what]
+        results = {
+            "host": {
+                "machine": platform.node(),
+                "python": platform.python_version(),
+                "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+            }
+        }
+        for name in names:
+            if a.what == "all" and name == "data" and a.chunk == 50:
+                a.chunk = 10
+            results[name] = RUNNERS[name](a)
+            print(json.dumps({name: results[name]}), flush=True)
+        if a.out:
+            out = Path(a.out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "bench.json").write_text(json.dumps(results, indent=2))
+            (out / "bench.md").write_text(markdown_table({k: v for k, v in results.items() if k != "host"}))
+            print(f"wrote {out / 'bench.json'} and {out / 'bench.md'}")
+    return 0
