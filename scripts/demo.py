@@ -198,7 +198,7 @@ architecture with random initial weights: nothing is downloaded).
 ## Training
 
 - data: {data.get("episodes_written", "?")} scripted episodes ({ctx["args"].episodes_per_task} per task), expert success
-  {100 * data.get("overall_success", float("nan")):.0f}%, at `{ctx["paths"]["data"]}`
+  {100 * data.get("success_rate", float("nan")):.0f}% ({data.get("episodes_per_minute", float("nan")):.1f} episodes/min), at `{ctx["paths"]["data"]}`
 - {train_summary["steps"]} steps, loss {train_summary["first_loss"]:.4f} -> {train_summary["final_loss"]:.4f},
   {train_summary["wall_time_s"]:.0f} s, {train_summary["mean_samples_per_s"]:.1f} samples/s
 

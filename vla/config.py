@@ -102,8 +102,17 @@ def parse_config[T](cls: type[T], args: list[str]) -> T:
         return draccus.parse(cls, config_path=config_path, args=rest)
     except SystemExit as e:  # argparse already printed its message naming the argument
         raise ConfigError(f"could not parse arguments {rest} (see the message above)") from e
-    except Exception as e:  # draccus decoding errors: name the key
-        raise ConfigError(f"invalid config: {e}") from e
+    except Exception as e:  # draccus decoding errors: name the key, and the root cause it wrapped
+        raise ConfigError(f"invalid config: {_root_cause(e)}") from e
+
+
+def _root_cause(e: BaseException) -> str:
+    """draccus wraps a __post_init__ error ("n_action_steps exceeds chunk_size") in a generic one."""
+    messages = [str(e)]
+    while (e.__cause__ or e.__context__) is not None:
+        e = e.__cause__ or e.__context__
+        messages.append(f"{type(e).__name__}: {e}")
+    return " <- ".join(reversed(messages[1:])) + (f" ({messages[0]})" if len(messages) > 1 else messages[0])
 
 
 def to_dict(cfg) -> dict:

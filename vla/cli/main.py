@@ -48,6 +48,7 @@ def usage() -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering for data generation and evaluation
+    os.environ.setdefault("SVT_LOG", "1")  # the AV1 encoder behind lerobot's videos prints info lines otherwise
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -48,8 +49,9 @@ class Trainer:
             mixed_precision=cfg.train.mixed_precision,
             gradient_accumulation_steps=cfg.train.grad_accum,
             step_scheduler_with_optimizer=False,  # the schedule is a function of the optimizer step, not of ranks
-            # Without a GPU, several processes (torchrun --nproc_per_node N -m vla train) train with gloo DDP.
-            cpu=not torch.cuda.is_available(),
+            # Without a GPU, several processes (torchrun --nproc_per_node N -m vla train) train with gloo DDP;
+            # under `accelerate launch` with a DeepSpeed config, DeepSpeed's own CPU accelerator runs instead.
+            cpu=not torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true",
         )
         acc = self.accelerator
         set_seed(cfg.train.seed, device_specific=False)
@@ -129,6 +131,9 @@ class Trainer:
             collate_fn=self.data.collate,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=workers > 0,
+            # Its own generator: creating the iterator must not draw from the global RNG, or a resumed
+            # run's noise (diffusion/flow) would be shifted by one draw against the uninterrupted run.
+            generator=torch.Generator().manual_seed(cfg.train.seed),
             prefetch_factor=4 if workers > 0 else None,
         )
 
