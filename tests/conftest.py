@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may be fetched from the 
 from data_pipelines.writer import DatasetWriter, make_features  # noqa: E402
 
 THREE_CAMS = {"left_wrist_cam": (32, 32), "overhead": (32, 32), "zed_right": (32, 32)}
-MW_CAMS = {"corner": (32, 32), "wrist": (32, 32)}
+MW_CAMS = {"image": (32, 32), "wrist": (32, 32)}  # the MetaWorld suite's camera names
 
 
 def synthetic_episode(

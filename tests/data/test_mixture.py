@@ -19,7 +19,7 @@ def members(three_cam_dataset, mw_root, w=(1.0, 3.0)):
 
 def test_mixture_pads_dims_and_cameras(three_cam_dataset, metaworld_layout_dataset):
     mix = MixtureConfig(members(three_cam_dataset, metaworld_layout_dataset)).build()
-    assert mix.camera_names == ["left_wrist_cam", "overhead", "zed_right", "corner", "wrist"]
+    assert mix.camera_names == ["left_wrist_cam", "overhead", "zed_right", "image", "wrist"]
     assert (mix.state_dim, mix.action_dim, len(mix)) == (7, 14, 86 + 44)
     loader = DataLoader(mix, batch_size=4, sampler=[0, 86, 40, 129], collate_fn=collate)
     batch = next(iter(loader))

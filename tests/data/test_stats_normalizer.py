@@ -30,7 +30,7 @@ def test_stats_exact_and_round_trip(metaworld_layout_dataset, copy_dataset):
 
     save_stats(stats, root / "meta" / "stats.json")
     raw = json.loads((root / "meta" / "stats.json").read_text())
-    assert "observation.images.corner" in raw  # lerobot's image stats are kept
+    assert "observation.images.image" in raw  # lerobot's image stats are kept
     back = load_stats(root)
     for stat in ("mean", "std", "min", "max", "q01", "q99"):
         np.testing.assert_array_equal(back["action"][stat], np.asarray(stats["action"][stat]))

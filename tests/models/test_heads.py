@@ -105,8 +105,10 @@ def train(head, backbone, prefix_fn, batch: dict, steps: int, lr: float, params=
         opt.step()
         assert set(metrics) >= {"loss"}
         # floats, or detached 0-d tensors (no GPU sync inside the loss)
-        assert all(isinstance(v, float) or (torch.is_tensor(v) and v.ndim == 0 and not v.requires_grad)
-                   for v in metrics.values())
+        assert all(
+            isinstance(v, float) or (torch.is_tensor(v) and v.ndim == 0 and not v.requires_grad)
+            for v in metrics.values()
+        )
         losses.append(loss.item())
     return losses
 

@@ -21,17 +21,31 @@ from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[2]
 ARGS = [
-    "--policy.backbone.preset=tiny-smolvlm", "--policy.head.type=flow", "--policy.chunk_size=4",
-    "--policy.n_action_steps=2", "--train.batch_size=2", "--train.num_workers=0", "--train.log_every=1",
+    "--policy.backbone.preset=tiny-smolvlm",
+    "--policy.head.type=flow",
+    "--policy.chunk_size=4",
+    "--policy.n_action_steps=2",
+    "--train.batch_size=2",
+    "--train.num_workers=0",
+    "--train.log_every=1",
     "--augment.enabled=false",
 ]
 
 
 def run_ds(stage: int, dataset: Path, out: Path, *extra: str, port: int) -> subprocess.CompletedProcess:
-    env = dict(os.environ, DS_ACCELERATOR="cpu", ACCELERATE_USE_DEEPSPEED="true",
-               ACCELERATE_DEEPSPEED_CONFIG_FILE=str(REPO / f"configs/deepspeed/zero{stage}.json"),
-               RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-               OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    env = dict(
+        os.environ,
+        DS_ACCELERATOR="cpu",
+        ACCELERATE_USE_DEEPSPEED="true",
+        ACCELERATE_DEEPSPEED_CONFIG_FILE=str(REPO / f"configs/deepspeed/zero{stage}.json"),
+        RANK="0",
+        LOCAL_RANK="0",
+        WORLD_SIZE="1",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+    )
     cmd = [sys.executable, "-m", "vla", "train", f"--dataset.root={dataset}", f"--output_dir={out}", *ARGS, *extra]
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
@@ -55,8 +69,13 @@ def test_zero2_trains_resumes_exactly_and_exports(metaworld_layout_dataset, tmp_
     assert losses(part) == pytest.approx(losses(full), rel=1e-5)
 
     exported = tmp_path / "exported"
-    r = subprocess.run([sys.executable, "-m", "vla", "export", str(ckpt), "--out", str(exported), "--from-zero"],
-                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "vla", "export", str(ckpt), "--out", str(exported), "--from-zero"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = load_file(str(ckpt / "model.safetensors")), load_file(str(exported / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in b if k in a) and len(b) > 50
@@ -70,6 +89,7 @@ def test_zero3_trains_and_consolidates(metaworld_layout_dataset, tmp_path):
     from vla.models.policy import Policy
 
     policy = Policy.load(out / "checkpoints" / "last")  # gathered from the ZeRO-3 partitions
-    chunk = policy.predict_chunk({"images": torch.rand(1, 2, 3, 32, 32), "state": torch.randn(1, 4),
-                                  "instruction": ["reach"]})
+    chunk = policy.predict_chunk(
+        {"images": torch.rand(1, 2, 3, 32, 32), "state": torch.randn(1, 4), "instruction": ["reach"]}
+    )
     assert chunk.shape == (1, 4, 4) and torch.isfinite(chunk).all()

@@ -186,3 +186,29 @@ def test_finetune_onto_new_robot(metaworld_layout_dataset, three_cam_dataset, tm
     assert key in dict(policy.named_parameters()) or key in policy.state_dict()
     stats = json.loads((ft / "checkpoints" / "last" / "stats.json").read_text())
     assert len(stats["actions"]["mean"]) == 14
+
+
+def test_periodic_simulation_eval_and_tensorboard(metaworld_layout_dataset, tmp_path):
+    """The MetaWorld-layout dataset has the suite's camera names (image, wrist) and 4-dim state/action."""
+    out = tmp_path / "run"
+    r = run_vla(
+        [
+            "train",
+            f"--dataset.root={metaworld_layout_dataset}",
+            "--policy.head.type=regression",
+            "--train.steps=2",
+            "--train.batch_size=2",
+            f"--output_dir={out}",
+            "--train.eval_every=2",
+            "--train.eval_suite=mw-easy",
+            "--train.eval_episodes_per_task=1",
+            "--train.eval_max_steps=6",
+            "--tensorboard=true",
+            *TINY,
+        ]
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    evals = [row for row in metrics(out) if "eval_success" in row]
+    assert len(evals) == 1 and evals[0]["step"] == 2 and 0.0 <= evals[0]["eval_success"] <= 1.0
+    assert (out / "evals" / "step_0000002" / "results.json").exists()
+    assert any((out / "tensorboard").iterdir())

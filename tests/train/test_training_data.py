@@ -12,15 +12,21 @@ from vla.train.data import build_training_data, normalized_action_chunks
 
 
 def _policy_cfg(head="regression", chunk=4) -> PolicyConfig:
-    return PolicyConfig(backbone=BackboneConfig.get_choice_class("smolvlm")(preset="tiny"),
-                        head=HeadConfig.get_choice_class(head)(), chunk_size=chunk, n_action_steps=2)
+    return PolicyConfig(
+        backbone=BackboneConfig.get_choice_class("smolvlm")(preset="tiny"),
+        head=HeadConfig.get_choice_class(head)(),
+        chunk_size=chunk,
+        n_action_steps=2,
+    )
 
 
 def test_cache_returns_the_same_samples(metaworld_layout_dataset):
-    plain = build_training_data(DatasetConfig(root=str(metaworld_layout_dataset)), _policy_cfg(),
-                                AugmentConfig(enabled=False))
-    cached = build_training_data(DatasetConfig(root=str(metaworld_layout_dataset), cache=True), _policy_cfg(),
-                                 AugmentConfig(enabled=False))
+    plain = build_training_data(
+        DatasetConfig(root=str(metaworld_layout_dataset)), _policy_cfg(), AugmentConfig(enabled=False)
+    )
+    cached = build_training_data(
+        DatasetConfig(root=str(metaworld_layout_dataset), cache=True), _policy_cfg(), AugmentConfig(enabled=False)
+    )
     assert len(plain.dataset) == len(cached.dataset)
     for i in (0, 7, len(plain.dataset) - 1):
         a, b = plain.dataset[i], cached.dataset[i]
@@ -51,8 +57,9 @@ def test_mixture_normalizes_each_member_with_its_own_stats(metaworld_layout_data
 
 
 def test_fast_chunks_stay_inside_episodes(metaworld_layout_dataset):
-    data = build_training_data(DatasetConfig(root=str(metaworld_layout_dataset)), _policy_cfg("fast", 5),
-                               AugmentConfig(enabled=False))
+    data = build_training_data(
+        DatasetConfig(root=str(metaworld_layout_dataset)), _policy_cfg("fast", 5), AugmentConfig(enabled=False)
+    )
     cfg = _policy_cfg("fast", 5)
     cfg.cameras, cfg.state_dim, cfg.action_dim = data.cameras, data.state_dim, data.action_dim
     policy = Policy(cfg, data.stats)

@@ -38,9 +38,17 @@ def test_unknown_or_mistyped_keys_are_named():
 
 
 def test_contract_command_line_parses():
-    cfg = parse_config(TrainConfig, ["--dataset.root=/d", "--policy.backbone.preset=tiny-paligemma",
-                                     "--policy.head.type=bins", "--train.steps=5", "--train.batch_size=2",
-                                     "--output_dir=/o"])
+    cfg = parse_config(
+        TrainConfig,
+        [
+            "--dataset.root=/d",
+            "--policy.backbone.preset=tiny-paligemma",
+            "--policy.head.type=bins",
+            "--train.steps=5",
+            "--train.batch_size=2",
+            "--output_dir=/o",
+        ],
+    )
     assert (cfg.policy.backbone.type, cfg.policy.backbone.preset, cfg.policy.head.type) == ("paligemma", "tiny", "bins")
 
 

@@ -58,6 +58,8 @@ class LoopConfig:
     eval_every: int = 0  # >0: simulation evaluation during training (needs eval_suite)
     eval_suite: str | None = None
     eval_episodes_per_task: int = 2
+    eval_max_steps: int | None = None  # override the suite's step limit (quick checks)
+    eval_num_envs: int = 1
     compile: bool = False
 
 

@@ -242,11 +242,15 @@ class Trainer:
 
         policy = self.accelerator.unwrap_model(self.policy)
         policy.eval()
+        lc = self.cfg.train
         res = evaluate_policy(
             policy,
-            self.cfg.train.eval_suite,
-            self.cfg.train.eval_episodes_per_task,
-            out_dir=self.out / "evals" / f"step_{self.step:06d}",
+            lc.eval_suite,
+            lc.eval_episodes_per_task,
+            out_dir=self.out / "evals" / f"step_{self.step:07d}",
+            max_steps=lc.eval_max_steps,
+            num_envs=lc.eval_num_envs,
+            progress=False,
         )
         policy.train()
         self.metrics.log({"step": self.step, "eval_success": res["average_success"]})
