@@ -150,9 +150,10 @@ class ModelChunker:
         imgs = np.stack([np.stack([it.obs["images"][c] for c in self.cameras]) for it in items])  # (B, N, H, W, 3)
         images = rearrange(torch.from_numpy(imgs), "b n h w c -> b n c h w").to(self.device)  # uint8
         state = torch.from_numpy(np.stack([it.obs[self.state_key] for it in items])).float().to(self.device)  # (B, S)
-        seed = int(np.random.SeedSequence([x for it in items for x in (it.spec.seed, it.step)]).generate_state(1)[0])
+        # One seed per episode and step: a chunk does not depend on which envs share its batch (--num-envs).
+        seeds = [int(np.random.SeedSequence([it.spec.seed, it.step]).generate_state(1)[0]) for it in items]
         obs = {"images": images, "state": state, "instruction": [it.obs["instruction"] for it in items]}
-        chunk = self.policy.predict_chunk(obs, seed=seed)  # (B, H, D) raw units
+        chunk = self.policy.predict_chunk(obs, seed=seeds)  # (B, H, D) raw units
         return list(chunk[:, : self.n].float().cpu().numpy())  # sync point: once per batch
 
 

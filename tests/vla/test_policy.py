@@ -143,3 +143,17 @@ def test_config_rejects_impossible_combinations():
         PolicyConfig(chunk_size=4, n_action_steps=5)
     with pytest.raises(ValueError, match="temporal_ensemble_coeff"):
         PolicyConfig(chunk_size=4, n_action_steps=2, temporal_ensemble_coeff=0.01)
+
+
+@pytest.mark.parametrize("head", ["flow", "diffusion"])
+def test_per_sample_seeds_make_rows_independent_of_the_batch(head):
+    policy = make_policy(head)
+    pair = obs(2)
+    first = {"images": pair["images"][:1], "state": pair["state"][:1], "instruction": pair["instruction"][:1]}
+    both = policy.predict_chunk(pair, seed=[5, 7])
+    alone = policy.predict_chunk(first, seed=[5])
+    assert torch.allclose(both[:1], alone, atol=1e-4)
+    swapped_seeds = policy.predict_chunk(obs(2), seed=[7, 7])
+    assert not torch.allclose(both[0], swapped_seeds[0])
+    with pytest.raises(ValueError, match="per-sample seeds"):
+        policy.predict_chunk(obs(2), seed=[1])

@@ -31,7 +31,7 @@ def run_data(a) -> dict:
     from data_pipelines.bench import bench_dataloader
 
     root = a.root or _demo_dataset(a)
-    return bench_dataloader(root, batch_size=a.batch_size, workers=a.workers, steps=a.steps, chunk=a.chunk)
+    return bench_dataloader(root, batch_size=a.batch_size, workers=a.workers, steps=max(a.steps, 20), chunk=a.chunk)
 
 
 def _model_cfg(a):
@@ -97,23 +97,31 @@ def _demo_dataset(a) -> str:
 RUNNERS = {"data": run_data, "train": run_train, "infer": run_infer, "eval": run_eval, "serve": run_serve}
 
 
+FIGURE_HINTS = ("per_s", "per_min", "_ms", "mem", "mfu", "speedup", "_over_", "oom", "step_s", "rps")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        elif not isinstance(v, list):
+            out[f"{prefix}{k}"] = round(v, 3) if isinstance(v, float) else v
+    return out
+
+
 def markdown_table(results: dict) -> str:
-    lines = ["| benchmark | configuration | figure |", "|---|---|---|"]
+    """One row per measurement: its configuration, then its figures (nested results flattened)."""
+    lines = ["| benchmark | configuration | figures |", "|---|---|---|"]
     for name, res in results.items():
-        rows = res if isinstance(res, list) else [res]
+        rows = res if isinstance(res, list) else res.get("results", [res]) if isinstance(res, dict) else []
+        shared = {k: v for k, v in res.items() if k != "results"} if isinstance(res, dict) and "results" in res else {}
         for r in rows:
-            if not isinstance(r, dict):
-                continue
-            figures = {
-                k: v
-                for k, v in r.items()
-                if any(s in k for s in ("per_s", "per_min", "_ms", "mem", "mfu", "speedup", "ratio", "oom"))
-            }
-            config = {k: v for k, v in r.items() if k not in figures and not isinstance(v, dict | list)}
-            lines.append(
-                f"| {name} | {', '.join(f'{k}={v}' for k, v in config.items())} | "
-                f"{', '.join(f'{k}={v}' for k, v in figures.items())} |"
-            )
+            flat = _flatten({**shared, **r})
+            figures = {k: v for k, v in flat.items() if any(h in k for h in FIGURE_HINTS) and "max_wait" not in k}
+            config = {k: v for k, v in flat.items() if k not in figures}
+            lines.append(f"| {name} | {', '.join(f'{k}={v}' for k, v in config.items())} | "
+                         f"{', '.join(f'{k}={v}' for k, v in figures.items())} |")
     return "\n".join(lines) + "\n"
 
 
@@ -152,8 +160,6 @@ def main(argv: list[str]) -> int:
             }
         }
         for name in names:
-            if a.what == "all" and name == "data" and a.chunk == 50:
-                a.chunk = 10
             results[name] = RUNNERS[name](a)
             print(json.dumps({name: results[name]}), flush=True)
         if a.out:

@@ -167,27 +167,42 @@ class Policy(nn.Module):
     # ---- inference ------------------------------------------------------------------------------
     @torch.no_grad()
     def predict_chunk(
-        self, observation: dict, num_steps: int | None = None, seed: int | None = None, embodiment: int = 0
+        self,
+        observation: dict,
+        num_steps: int | None = None,
+        seed: int | list[int] | None = None,
+        embodiment: int = 0,
     ) -> torch.Tensor:
-        """Observation batch (images (B,N,3,H,W) float [0,1] or uint8, state (B,S), instruction) -> (B, H, D) raw units."""
+        """Observation batch (images (B,N,3,H,W) float [0,1] or uint8, state (B,S), instruction) -> (B, H, D) raw units.
+
+        ``seed``: an int makes stochastic heads (diffusion, flow) reproducible for the whole batch; a list
+        of B ints gives each row its own initial noise, so a sample's chunk does not depend on which other
+        samples share its batch (the evaluation runner relies on this across --num-envs). Without a seed,
+        fresh noise comes from the global RNG, as sampling should.
+        """
         self._check_batch(observation, with_actions=False)
         obs = dict(observation)
-        if obs["images"].dtype == torch.uint8:
-            obs["images"] = obs["images"].float() / 255.0
-        obs.setdefault("image_mask", torch.ones(obs["images"].shape[:2], dtype=torch.bool, device=obs["images"].device))
+        images = obs["images"]
+        if images.dtype == torch.uint8:
+            obs["images"] = images = images.float() / 255.0
+        obs.setdefault("image_mask", torch.ones(images.shape[:2], dtype=torch.bool, device=images.device))
         steps = num_steps or self.config.inference_steps
-        # A seed makes stochastic heads (diffusion, flow) reproducible without disturbing the global RNG;
-        # without one they draw fresh noise from it, as sampling should.
-        rng = (
-            contextlib.nullcontext()
-            if seed is None
-            else torch.random.fork_rng(devices=[obs["images"].device] if obs["images"].is_cuda else [])
-        )
+        rng = contextlib.nullcontext()
+        if seed is not None:
+            rng = torch.random.fork_rng(devices=[images.device] if images.is_cuda else [])
         with rng:
+            noise = None
+            if isinstance(seed, list | tuple):
+                if len(seed) != images.shape[0]:
+                    raise ValueError(f"seed: expected {images.shape[0]} per-sample seeds, got {len(seed)}")
+                shape = (self.config.chunk_size, self.config.action_dim)
+                noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s)))
+                                     for s in seed]).to(images.device)  # (B, H, D)
+                seed = hash(tuple(int(s) for s in seed)) % 2**63
             if seed is not None:
                 torch.manual_seed(seed)
             prefix_fn, state = self._prefix_fn(obs)
-            chunk = self.head.sample(prefix_fn, state, num_steps=steps)  # (B, H, D) normalized
+            chunk = self.head.sample(prefix_fn, {**state, "noise": noise}, num_steps=steps)  # (B, H, D) normalized
         return self.normalizers[embodiment].unnormalize("actions", chunk.float())
 
     def reset(self) -> None:

@@ -145,7 +145,10 @@ class DiffusionHead(Head):
         b, device = prefix.hidden.shape[0], prefix.hidden.device
         scheduler = self.cfg.make_scheduler(self.cfg.sampler)  # fresh per call: its step state is local
         scheduler.set_timesteps(steps, device=device)
-        x = torch.randn(b, self.horizon, self.action_dim, device=device) * scheduler.init_noise_sigma
+        noise = batch.get("noise")  # (B, H, D) given per sample by the caller, or drawn here
+        if noise is None:
+            noise = torch.randn(b, self.horizon, self.action_dim, device=device)
+        x = noise * scheduler.init_noise_sigma
         for t in scheduler.timesteps:
             model_out = self.denoise(prefix, scheduler.scale_model_input(x, t), t.expand(b))
             x = scheduler.step(model_out, t, x).prev_sample

@@ -119,7 +119,9 @@ class FlowMatchingHead(Head):
             raise ValueError(f"flow head: num_steps must be >= 1, got {steps}")
         prefix = prefix_fn(with_kv=True)  # once; reused by every Euler step
         b, device = prefix.hidden.shape[0], prefix.hidden.device
-        x = torch.randn(b, self.horizon, self.action_dim, device=device)  # t = 1: noise
+        x = batch.get("noise")  # (B, H, D) given per sample by the caller, or drawn here
+        if x is None:
+            x = torch.randn(b, self.horizon, self.action_dim, device=device)  # t = 1: noise
         dt = -1.0 / steps
         for i in range(steps):
             t = torch.full((b,), 1.0 + i * dt, device=device)
