@@ -110,11 +110,20 @@ def _timed_runner(policy, suite_name: str, episodes_per_task: int, tasks: str, m
 
 
 def bench_eval(
-    suite: str, num_envs: int = 2, episodes_per_task: int = 4, tasks: str = "0", max_steps: int = 40
+    suite: str,
+    num_envs: int = 2,
+    episodes_per_task: int = 4,
+    tasks: str = "0",
+    max_steps: int = 40,
+    n_action_steps: int = 5,
 ) -> dict:
-    """Episodes per minute: naive loop vs runner (1 env) vs runner (``num_envs`` envs)."""
+    """Episodes per minute: naive loop vs runner (1 env) vs runner (``num_envs`` envs).
+
+    ``n_action_steps`` is the policy's replanning interval (5 as in openpi's LIBERO example); the
+    runner renders once per chunk, the naive loop every step.
+    """
     s = build_suite(suite, max_steps=max_steps)
-    policy = tiny_policy(s)
+    policy = tiny_policy(s, chunk_size=max(10, n_action_steps), n_action_steps=n_action_steps)
     episodes = [(t, i) for t in select_tasks(s, tasks) for i in range(episodes_per_task)]
     naive = naive_loop(policy, s, episodes)
     log.info("bench eval %s: naive loop %.1f episodes/min", suite, naive["episodes_per_min"])

@@ -38,7 +38,7 @@ class ModelBenchConfig:
     chunk: int = 50
     state_dim: int = 8
     action_dim: int = 7
-    dtype: str = "bf16"  # bf16 | fp32
+    dtype: str = "auto"  # bf16 | fp32 | auto (bf16 on a GPU, fp32 on CPU)
     batch_sizes: list[int] = field(default_factory=lambda: [8])
     steps: int = 10
     warmup: int = 3
@@ -72,8 +72,13 @@ def build_policy(cfg: ModelBenchConfig, device: torch.device) -> Policy:
     )
     with torch.device(device):  # random init straight on the device: minutes faster than CPU-then-move at 3B
         policy = Policy(pcfg)
-    dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
-    return policy.to(device=device, dtype=dtype)
+    return policy.to(device=device, dtype=resolve_dtype(cfg.dtype, device))
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}[name]
 
 
 def synthetic_batch(cfg: ModelBenchConfig, batch: int, device: torch.device, with_actions: bool) -> dict:
@@ -117,7 +122,7 @@ def bench_train(cfg: ModelBenchConfig) -> list[dict]:
             "head": cfg.head or SCALES[cfg.scale][1],
             "batch": bs,
             "params_b": round(params / 1e9, 3),
-            "dtype": cfg.dtype,
+            "dtype": str(resolve_dtype(cfg.dtype, device)),
             "device": _device_name(device),
             "build_s": round(build_s, 1),
             "grad_ckpt": cfg.gradient_checkpointing,
@@ -176,7 +181,7 @@ def bench_infer(cfg: ModelBenchConfig) -> dict:
         "inference_steps": cfg.inference_steps,
         "chunk": cfg.chunk,
         "device": _device_name(device),
-        "dtype": cfg.dtype,
+        "dtype": str(resolve_dtype(cfg.dtype, device)),
         "first_call_s": round(first, 3),
         "p50_ms": round(1000 * statistics.median(lat), 2),
         "p90_ms": round(1000 * lat[min(len(lat) - 1, int(0.9 * len(lat)))], 2),

@@ -66,7 +66,13 @@ def run_infer(a) -> dict:
 def run_eval(a) -> dict:
     from eval.bench import bench_eval
 
-    return bench_eval(a.suite, num_envs=a.num_envs, episodes_per_task=a.episodes_per_task, max_steps=a.max_steps)
+    return bench_eval(
+        a.suite,
+        num_envs=a.num_envs,
+        episodes_per_task=a.episodes_per_task,
+        max_steps=a.max_steps,
+        n_action_steps=a.n_action_steps,
+    )
 
 
 def run_serve(a) -> dict:
@@ -120,8 +126,10 @@ def markdown_table(results: dict) -> str:
             flat = _flatten({**shared, **r})
             figures = {k: v for k, v in flat.items() if any(h in k for h in FIGURE_HINTS) and "max_wait" not in k}
             config = {k: v for k, v in flat.items() if k not in figures}
-            lines.append(f"| {name} | {', '.join(f'{k}={v}' for k, v in config.items())} | "
-                         f"{', '.join(f'{k}={v}' for k, v in figures.items())} |")
+            lines.append(
+                f"| {name} | {', '.join(f'{k}={v}' for k, v in config.items())} | "
+                f"{', '.join(f'{k}={v}' for k, v in figures.items())} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -137,7 +145,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--scale", default="tiny", choices=["tiny", "pi0", "smolvla"])
     p.add_argument("--head", default=None, help="override the scale's head (bins, fast, diffusion, flow, regression)")
     p.add_argument("--batch-sizes", default="8")
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 on a GPU, fp32 on CPU")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--grad-ckpt", action="store_true")
     p.add_argument("--compile", action="store_true")
@@ -146,6 +154,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--num-envs", type=int, default=2)
     p.add_argument("--episodes-per-task", type=int, default=4)
     p.add_argument("--max-steps", type=int, default=40)
+    p.add_argument("--n-action-steps", type=int, default=5, help="`eval`: the policy's replanning interval")
     p.add_argument("--checkpoint", default=None, help="`serve`: a policy checkpoint (default: a random-init one)")
     p.add_argument("--clients", default="1,8")
     p.add_argument("--requests", type=int, default=20)

@@ -196,8 +196,9 @@ class Policy(nn.Module):
                 if len(seed) != images.shape[0]:
                     raise ValueError(f"seed: expected {images.shape[0]} per-sample seeds, got {len(seed)}")
                 shape = (self.config.chunk_size, self.config.action_dim)
-                noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s)))
-                                     for s in seed]).to(images.device)  # (B, H, D)
+                noise = torch.stack(
+                    [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seed]
+                ).to(images.device)  # (B, H, D)
                 seed = hash(tuple(int(s) for s in seed)) % 2**63
             if seed is not None:
                 torch.manual_seed(seed)
