@@ -98,12 +98,31 @@ def parse_config[T](cls: type[T], args: list[str]) -> T:
             close = difflib.get_close_matches(g, known, n=1)
             hint = f" Did you mean --{close[0]}?" if close else ""
             raise ConfigError(f"unknown config key --{g}.{hint}")
+    # A type switched on the command line (--policy.head.type=regression over a flow recipe) starts
+    # from that type's defaults: the recipe's fields for the old type would not fit it.
+    switched = False
+    for a in rest:
+        key, _, value = a[2:].partition("=")
+        if key.endswith(".type") and isinstance(_yaml_get(recipe, key[: -len(".type")]), dict):
+            node = _yaml_get(recipe, key[: -len(".type")])
+            if node.get("type") not in (None, value):
+                node.clear()
+                switched = True
+    if switched:
+        import tempfile
+
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            yaml.safe_dump(recipe, f)
+        config_path = f.name
     try:
         return draccus.parse(cls, config_path=config_path, args=rest)
     except SystemExit as e:  # argparse already printed its message naming the argument
         raise ConfigError(f"could not parse arguments {rest} (see the message above)") from e
     except Exception as e:  # draccus decoding errors: name the key, and the root cause it wrapped
         raise ConfigError(f"invalid config: {_root_cause(e)}") from e
+    finally:
+        if switched:
+            Path(config_path).unlink(missing_ok=True)
 
 
 def _root_cause(e: BaseException) -> str:

@@ -15,15 +15,17 @@ REPO = Path(__file__).resolve().parents[2]
 
 def vla(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", MUJOCO_GL="egl")
-    return subprocess.run([sys.executable, "-m", "vla", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "vla", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+    )
 
 
 @pytest.mark.sim
 def test_generate_validate_open_stats(tmp_path):
     out = tmp_path / "mw-easy"
-    r = vla("data", "generate", "--suite", "mw-easy", "--episodes-per-task", "1", "--out", str(out),
-            "--image-size", "64")
+    r = vla(
+        "data", "generate", "--suite", "mw-easy", "--episodes-per-task", "1", "--out", str(out), "--image-size", "64"
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     r = vla("data", "validate", str(out))
     assert r.returncode == 0, r.stdout + r.stderr

@@ -28,6 +28,12 @@ def test_overrides_keep_the_recipe_head_type():
     assert cfg.policy.head.type == "flow" and cfg.policy.head.num_steps == 3
 
 
+def test_switching_the_type_over_a_recipe_starts_from_the_new_defaults():
+    cfg = parse_config(TrainConfig, ["--config", str(REPO / "configs/experiments/tiny_cpu.yaml"),
+                                     "--policy.head.type=regression"])
+    assert cfg.policy.head.type == "regression" and cfg.dataset.root == "outputs/data/mw-easy"
+
+
 def test_unknown_or_mistyped_keys_are_named():
     with pytest.raises(ConfigError, match="train.stpes"):
         parse_config(TrainConfig, ["--train.stpes=3"])
