@@ -29,8 +29,9 @@ def test_overrides_keep_the_recipe_head_type():
 
 
 def test_switching_the_type_over_a_recipe_starts_from_the_new_defaults():
-    cfg = parse_config(TrainConfig, ["--config", str(REPO / "configs/experiments/tiny_cpu.yaml"),
-                                     "--policy.head.type=regression"])
+    cfg = parse_config(
+        TrainConfig, ["--config", str(REPO / "configs/experiments/tiny_cpu.yaml"), "--policy.head.type=regression"]
+    )
     assert cfg.policy.head.type == "regression" and cfg.dataset.root == "outputs/data/mw-easy"
 
 
