@@ -157,3 +157,12 @@ def test_per_sample_seeds_make_rows_independent_of_the_batch(head):
     assert not torch.allclose(both[0], swapped_seeds[0])
     with pytest.raises(ValueError, match="per-sample seeds"):
         policy.predict_chunk(obs(2), seed=[1])
+
+
+@pytest.mark.parametrize("preset", ["tiny-smolvlm", "tiny-paligemma", "tiny-qwen2_5_vl"])
+def test_bf16_inference_on_every_family(preset):
+    policy = make_policy("flow", preset=preset).to(torch.bfloat16)
+    o = obs(1)
+    o["images"] = o["images"].to(torch.bfloat16) / 255  # resized in fp32 inside, cast back
+    chunk = policy.predict_chunk(o, seed=0)
+    assert chunk.shape == (1, 6, 3) and torch.isfinite(chunk).all()

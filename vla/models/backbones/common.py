@@ -91,8 +91,9 @@ def resize_normalize(images: torch.Tensor, size: int, mean: torch.Tensor, std: t
     the clamp mimics their uint8 round trip (bicubic overshoots).
     """
     if images.shape[-2:] != (size, size):
-        images = F.interpolate(images, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-        images = images.clamp(0.0, 1.0)
+        dtype = images.dtype  # antialiased bicubic has no bf16 kernel on CPU: resize in fp32
+        images = F.interpolate(images.float(), size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+        images = images.clamp(0.0, 1.0).to(dtype)
     return (images - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
 
 
