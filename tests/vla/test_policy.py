@@ -166,3 +166,12 @@ def test_bf16_inference_on_every_family(preset):
     o["images"] = o["images"].to(torch.bfloat16) / 255  # resized in fp32 inside, cast back
     chunk = policy.predict_chunk(o, seed=0)
     assert chunk.shape == (1, 6, 3) and torch.isfinite(chunk).all()
+
+
+@pytest.mark.parametrize("preset", ["tiny-smolvlm", "tiny-paligemma", "tiny-qwen2_5_vl"])
+def test_lm_logits_over_a_subset_of_ids_equals_the_full_product(preset):
+    backbone = make_policy("regression", preset=preset).backbone
+    hidden = torch.randn(2, 3, backbone.width)
+    ids = torch.tensor([5, backbone.vocab_size - 1, 17])
+    full = backbone.lm_logits(hidden)
+    assert torch.allclose(backbone.lm_logits(hidden, ids=ids), full.index_select(-1, ids), atol=1e-5)

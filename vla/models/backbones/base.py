@@ -104,8 +104,8 @@ class Backbone(nn.Module, abc.ABC):
         """Token ids (B, T) -> embeddings (B, T, W), scaled as the model's own input embeddings."""
 
     @abc.abstractmethod
-    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Hidden (B, T, W) -> vocabulary logits (B, T, V) through the VLM's LM head."""
+    def lm_logits(self, hidden: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden (B, T, W) -> vocabulary logits (B, T, V) through the VLM's LM head (only rows ``ids`` if given)."""
 
     @property
     @abc.abstractmethod

@@ -190,7 +190,7 @@ class DiscreteHead(Head):
 
     def _action_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, L, W) -> (B, L, n_action) logits over the action ids only (float32)."""
-        return self.backbone.lm_logits(hidden).index_select(-1, self.action_ids).float()
+        return self.backbone.lm_logits(hidden, ids=self.action_ids).float()
 
     def _targets(self, batch: dict) -> tuple[torch.Tensor, dict]:
         """Local target ids (B, L) with IGNORE on padding, and tokenization metrics."""
