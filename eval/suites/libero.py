@@ -33,7 +33,9 @@ speed, at the cost of images that differ from the public datasets'.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -175,7 +177,8 @@ class LiberoSuiteConfig(SuiteConfig):
         import torch
         from libero.libero import benchmark, get_libero_path
 
-        bench = benchmark.get_benchmark_dict()[self.suite]()
+        with contextlib.redirect_stdout(sys.stderr):  # LIBERO prints "[info] using task orders": keep stdout JSON-clean
+            bench = benchmark.get_benchmark_dict()[self.suite]()
         ids = self.task_ids or list(range(bench.n_tasks))
         bad = [i for i in ids if not 0 <= i < bench.n_tasks]
         if bad:
