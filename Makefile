@@ -2,8 +2,10 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Python 3.12 is required (lerobot 0.6.x); prefer one on PATH, else pyenv's.
-PYTHON312 ?= $(shell command -v python3.12 2>/dev/null || ls -1 $$HOME/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | tail -n1)
+# Python 3.12 is required (lerobot 0.6.x): the first candidate that actually runs as 3.12
+# (a pyenv shim on PATH may exist but refuse to run when 3.12 is not the selected version).
+PYTHON312 ?= $(shell for p in $$(command -v python3.12 2>/dev/null) $$(ls -1 $$HOME/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null) /usr/local/bin/python3.12 /usr/bin/python3.12; do \
+  [ -x "$$p" ] && "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
 APT_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 libglfw3 libosmesa6 ffmpeg
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
