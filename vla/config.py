@@ -87,14 +87,15 @@ def parse_config[T](cls: type[T], args: list[str]) -> T:
         recipe = yaml.safe_load(p.read_text()) or {}
     default = cls()
     given = {a[2:].split("=", 1)[0] for a in rest if a.startswith("--")}
-    for path, default_name in _choice_paths(cls, default).items():
+    choices = _choice_paths(cls, default)
+    known = _all_field_paths(cls, default)
+    for path, default_name in choices.items():
         if path + ".type" in given or _yaml_get(recipe, path + ".type") is not None:
             continue
         if any(g.startswith(path + ".") for g in given) or isinstance(_yaml_get(recipe, path), dict):
             rest.append(f"--{path}.type={default_name}")
     for g in given:
-        known = _all_field_paths(cls, default)
-        if g not in known and not any(g.startswith(k + ".") for k in _choice_paths(cls, default)):
+        if g not in known and not any(g.startswith(k + ".") for k in choices):
             close = difflib.get_close_matches(g, known, n=1)
             hint = f" Did you mean --{close[0]}?" if close else ""
             raise ConfigError(f"unknown config key --{g}.{hint}")

@@ -147,7 +147,7 @@ def bench_train(cfg: ModelBenchConfig) -> list[dict]:
                 row["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
                 from vla.train.metrics import estimate_flops_per_sample
 
-                row["mfu"] = round(estimate_flops_per_sample(policy) * bs / dt / 989e12, 4)
+                row["mfu"] = round(estimate_flops_per_sample(policy, batch) * bs / dt / 989e12, 4)
         except torch.OutOfMemoryError:
             row["oom"] = True
         results.append(row)

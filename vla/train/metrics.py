@@ -15,18 +15,18 @@ def peak_memory_gb() -> float | None:
     return torch.cuda.max_memory_allocated() / 2**30
 
 
-def estimate_flops_per_sample(policy) -> float:
-    """Training FLOPs per sample ~ 6 x trainable-and-frozen params touched x tokens (PaLM appendix B style).
+def estimate_flops_per_sample(policy, batch: dict) -> float:
+    """Training FLOPs per sample ~ (6 x trainable + 2 x frozen params) x tokens (PaLM appendix B style).
 
-    Rough on purpose: tokens = the prefix (images + text + state) plus the action chunk;
-    frozen parameters still cost the forward (2 of the 6).
+    Rough on purpose: tokens = the prefix the backbone really builds for ``batch`` (image
+    placeholders + text + state token) plus the action chunk; frozen parameters still cost
+    the forward (2 of the 6).
     """
-    bb = policy.backbone
-    tokens = getattr(bb, "prefix_length", 0) or 0
+    inputs = policy.backbone.prepare_inputs(batch["images"], batch["image_mask"], batch["instruction"])
+    tokens = inputs["input_ids"].shape[1] + policy.config.chunk_size
     trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in policy.parameters() if not p.requires_grad)
-    tokens += policy.config.chunk_size
-    return float((6 * trainable + 2 * frozen) * max(tokens, 1))
+    return float((6 * trainable + 2 * frozen) * tokens)
 
 
 class MetricsLogger:

@@ -98,7 +98,8 @@ class Trainer:
                 log.info("resumed from %s at step %d", self.ckpt.last, self.step)
         self.loader = self._make_loader(start_step=self.step)
         self.metrics = MetricsLogger(self.out, enabled=self.is_main, cfg=cfg, resume=cfg.resume, step=self.step)
-        self.flops_per_sample = estimate_flops_per_sample(acc.unwrap_model(self.policy))
+        probe = self.data.to_device(self.data.collate([self.data.dataset[0]]), acc.device, 0, 0)
+        self.flops_per_sample = estimate_flops_per_sample(acc.unwrap_model(self.policy), probe)
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             from vla.config import to_dict
