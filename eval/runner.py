@@ -61,6 +61,7 @@ class EvalConfig:
     video_episodes: int = 0  # record the first K episodes of each task
     video_fps: int = 20
     device: str = "cpu"
+    compile: bool = False  # regional torch.compile of the policy (CUDA graphs for the head on a GPU)
     out: str = "outputs/eval"
     n_action_steps: int | None = None  # actions executed per chunk (default: the policy's own)
     image_size: int | None = None  # override the suite's render size
@@ -372,4 +373,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     from vla.models.policy import Policy, checkpoint_hash
 
     policy = Policy.load(cfg.checkpoint, device=cfg.device)
+    if cfg.compile:
+        from vla.models.compile import compile_for_inference
+
+        compile_for_inference(policy)
     return _evaluate_model(cfg, policy, checkpoint_hash(cfg.checkpoint))

@@ -17,6 +17,7 @@ import torch
 import vla.models.backbones  # noqa: F401
 import vla.models.heads  # noqa: F401
 from vla.models.backbones.base import BackboneConfig
+from vla.models.compile import compile_regions
 from vla.models.heads.base import HeadConfig
 from vla.models.policy import Policy, PolicyConfig
 
@@ -108,13 +109,14 @@ def bench_train(cfg: ModelBenchConfig) -> list[dict]:
     policy = build_policy(cfg, device)
     build_s = time.perf_counter() - t0
     params = sum(p.numel() for p in policy.parameters())
+    if cfg.compile:
+        compile_regions(policy, training=True)
     results = []
     for bs in cfg.batch_sizes:
         policy.train()
         opt = torch.optim.AdamW(
             [p for p in policy.parameters() if p.requires_grad], lr=1e-5, fused=device.type == "cuda"
         )
-        step_fn = torch.compile(policy.compute_loss) if cfg.compile else policy.compute_loss
         batch = synthetic_batch(cfg, bs, device, with_actions=True)
         row = {
             "what": "train_step",
@@ -135,7 +137,9 @@ def bench_train(cfg: ModelBenchConfig) -> list[dict]:
                 if i == cfg.warmup:
                     _sync(device)
                     t_start = time.perf_counter()
-                loss, _ = step_fn(batch)
+                if i == 0:
+                    t_first = time.perf_counter()
+                loss, _ = policy.compute_loss(batch)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
                 opt.step()
@@ -143,6 +147,7 @@ def bench_train(cfg: ModelBenchConfig) -> list[dict]:
             _sync(device)
             dt = (time.perf_counter() - t_start) / cfg.steps
             row.update(step_s=round(dt, 4), samples_per_s=round(bs / dt, 2))
+            row["warmup_s"] = round(t_start - t_first, 1)  # includes compilation with --compile
             if device.type == "cuda":
                 row["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
                 from vla.train.metrics import estimate_flops_per_sample
@@ -161,9 +166,12 @@ def bench_infer(cfg: ModelBenchConfig) -> dict:
     """Latency of one chunk at batch 1 (p50/p90), the first call (compilation) reported apart."""
     device = _device(cfg.device)
     policy = build_policy(cfg, device).eval()
+    if cfg.compile:
+        compile_regions(policy, training=False)
     batch = synthetic_batch(cfg, 1, device, with_actions=False)
     t0 = time.perf_counter()
-    policy.predict_chunk(batch)
+    for _ in range(max(1, cfg.warmup) if cfg.compile else 1):  # CUDA graphs record on a later call than the first
+        policy.predict_chunk(batch)
     _sync(device)
     first = time.perf_counter() - t0
     lat = []
@@ -182,7 +190,8 @@ def bench_infer(cfg: ModelBenchConfig) -> dict:
         "chunk": cfg.chunk,
         "device": _device_name(device),
         "dtype": str(resolve_dtype(cfg.dtype, device)),
-        "first_call_s": round(first, 3),
+        "compile": cfg.compile,
+        "first_call_s": round(first, 3),  # with --compile: the warmup calls, compilation included
         "p50_ms": round(1000 * statistics.median(lat), 2),
         "p90_ms": round(1000 * lat[min(len(lat) - 1, int(0.9 * len(lat)))], 2),
     }

@@ -7,7 +7,7 @@
 
 Options (EvalConfig in eval/runner.py): --suite, --checkpoint | --policy oracle|random | --server URL,
 --episodes-per-task, --num-envs, --tasks (indices or names, comma-separated), --max-steps, --seed,
---video-episodes K, --device, --n-action-steps, --image-size, --out.
+--video-episodes K, --device, --compile (regional torch.compile), --n-action-steps, --image-size, --out.
 
 Writes DIR/results.json, results.md, success.png, episodes.jsonl (rerun the same command to resume),
 protocol.json and DIR/videos/*_{success,failure}.mp4.

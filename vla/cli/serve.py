@@ -2,7 +2,7 @@
 
     vla serve --checkpoint outputs/run/checkpoints/last --host 0.0.0.0 --port 8000
     vla serve --checkpoint CKPT --port 8000 --api-key SECRET --max-batch 8 --max-wait-ms 5 \\
-              --max-message-mb 64 --obs-map libero_keys.json --device cuda
+              --max-message-mb 64 --obs-map libero_keys.json --device cuda --compile true
 
 Clients: openpi's ``WebsocketClientPolicy(host, port, api_key)`` unchanged, or
 ``vla.serve.PolicyClient("ws://host:port")``. ``GET /healthz`` answers JSON with batch

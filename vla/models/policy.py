@@ -29,6 +29,7 @@ import vla.models.backbones  # noqa: F401  (registers the backbone families)
 import vla.models.heads  # noqa: F401  (registers the heads)
 from vla.config import from_dict, to_dict
 from vla.models.backbones.base import BackboneConfig
+from vla.models.compile import mark_step
 from vla.models.heads.base import HeadConfig
 from vla.models.normalizer import Normalizer
 from vla.shapes import check_keys, check_shape
@@ -202,6 +203,7 @@ class Policy(nn.Module):
                 seed = hash(tuple(int(s) for s in seed)) % 2**63
             if seed is not None:
                 torch.manual_seed(seed)
+            mark_step()  # a new chunk: outputs of earlier CUDA-graph replays are no longer read
             prefix_fn, state = self._prefix_fn(obs)
             chunk = self.head.sample(prefix_fn, {**state, "noise": noise}, num_steps=steps)  # (B, H, D) normalized
         return self.normalizers[embodiment].unnormalize("actions", chunk.float())

@@ -62,6 +62,7 @@ class ServeConfig:
     max_message_mb: float = protocol.DEFAULT_MAX_MESSAGE_MB  # larger requests get an error reply
     obs_map: str | None = None  # JSON/YAML client key -> canonical key; overrides the checkpoint's obs_map.json
     device: str = "cpu"
+    compile: bool = False  # regional torch.compile (CUDA graphs for the head on a GPU); compiled before serving
 
     def __post_init__(self):
         if self.max_message_mb <= 0:
@@ -113,7 +114,12 @@ class PolicyServer:
     def from_checkpoint(cls, config: ServeConfig) -> PolicyServer:
         from vla.models.policy import Policy
 
-        return cls(Policy.load(config.checkpoint, config.device), config)
+        policy = Policy.load(config.checkpoint, config.device)
+        if config.compile:
+            from vla.models.compile import compile_for_inference
+
+            compile_for_inference(policy)  # compiled and warmed up here, not on the first client's request
+        return cls(policy, config)
 
     # ---- inference (worker thread) -----------------------------------------------------------
     def _run_batch(self, items: Sequence[CanonicalObs]) -> list[np.ndarray]:

@@ -60,7 +60,9 @@ class LoopConfig:
     eval_episodes_per_task: int = 2
     eval_max_steps: int | None = None  # override the suite's step limit (quick checks)
     eval_num_envs: int = 1
-    compile: bool = False
+    compile: bool = (
+        False  # regional torch.compile of the VLM's MLPs, vision layers and head blocks (vla/models/compile.py)
+    )
 
 
 @dataclass

@@ -22,6 +22,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from torch import nn
 
+from vla.models.compile import mark_step
 from vla.models.heads.action_expert import (
     ActionExpert,
     ActionExpertConfig,
@@ -150,6 +151,7 @@ class DiffusionHead(Head):
             noise = torch.randn(b, self.horizon, self.action_dim, device=device)
         x = noise * scheduler.init_noise_sigma
         for t in scheduler.timesteps:
+            mark_step()  # compiled with CUDA graphs: the previous step's block outputs are dead
             model_out = self.denoise(prefix, scheduler.scale_model_input(x, t), t.expand(b))
             x = scheduler.step(model_out, t, x).prev_sample
         return x  # (B, H, D)

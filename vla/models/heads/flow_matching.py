@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vla.models.compile import mark_step
 from vla.models.heads.action_expert import (
     ActionExpert,
     ActionExpertConfig,
@@ -124,6 +125,7 @@ class FlowMatchingHead(Head):
             x = torch.randn(b, self.horizon, self.action_dim, device=device)  # t = 1: noise
         dt = -1.0 / steps
         for i in range(steps):
+            mark_step()  # compiled with CUDA graphs: the previous step's block outputs are dead
             t = torch.full((b,), 1.0 + i * dt, device=device)
             x = x + dt * self.velocity(prefix, x, t)
         return x  # t = 0: actions (B, H, D)
