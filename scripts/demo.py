@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,12 +26,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 def banner(text: str) -> None:
     print(f"\n=== {text} ===", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def generate_data(out: Path, episodes_per_task: int, image_size: int) -> dict:
@@ -102,6 +95,7 @@ def serve_check(checkpoint: Path) -> dict:
 
     from vla.models.policy import Policy
     from vla.serve.client import PolicyClient
+    from vla.utils.net import free_port
 
     port = free_port()
     log = checkpoint.parent.parent.parent / "serve.log"

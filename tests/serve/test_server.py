@@ -24,6 +24,7 @@ from websockets.sync.client import connect
 from vla.serve import PolicyClient, ServerError, protocol
 from vla.serve.batcher import DynamicBatcher
 from vla.serve.bench import bench_serve
+from vla.utils.net import free_port
 
 API_KEY = "test-key"
 
@@ -194,12 +195,6 @@ def test_concurrent_clients_are_batched(server, make_obs):
     assert json.loads(_http(f"http://127.0.0.1:{server.port}/stats", API_KEY)[1])["batch_stats"] == stats
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_bench_serve_reports_latency_and_throughput(policy):
     report = bench_serve(policy, clients=(1, 3), requests=2, warmup=1, image_size=(32, 32), max_wait_ms=20)
     one, three = report["results"]
@@ -212,7 +207,7 @@ def test_bench_serve_reports_latency_and_throughput(policy):
 
 @pytest.mark.slow  # a fresh interpreter imports torch and transformers: ~40 s on 2 busy cores
 def test_cli_serve_and_graceful_sigterm(checkpoint, make_obs, in_process, policy):
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.Popen(
         [

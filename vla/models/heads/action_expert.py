@@ -46,6 +46,34 @@ class ActionExpertConfig:
         if self.adaln and self.cond_dim <= 0:
             raise ValueError("action expert: adaln=True needs cond_dim > 0")
 
+    @classmethod
+    def cross_attention(
+        cls,
+        head: str,
+        width: int,
+        num_layers: int,
+        num_heads: int,
+        mlp_ratio: float,
+        horizon: int,
+        context_width: int,
+        **extra,
+    ) -> ActionExpertConfig:
+        """An expert of its own width that projects the VLM's hidden states (``context_width``) itself:
+        the DiT of the diffusion head and the decoder of the regression head. Room for H + 1 tokens (state)."""
+        if width % num_heads:
+            raise ValueError(f"{head} head: width={width} not divisible by num_heads={num_heads}")
+        return cls(
+            width=width,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            num_kv_heads=num_heads,
+            head_dim=width // num_heads,
+            mlp_ratio=mlp_ratio,
+            max_tokens=horizon + 1,
+            context_width=context_width,
+            **extra,
+        )
+
 
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale[:, None]) + shift[:, None]  # x (B, A, We), shift/scale (B, We)
@@ -191,6 +219,13 @@ class StateToken(nn.Module):
         if state_mask is not None:
             state = state * state_mask.to(state.dtype)
         return self.proj(state.to(self.proj.weight.dtype))[:, None, :]  # (B, 1, W)
+
+
+def prepend_state(state_token: StateToken | None, prefix, tokens: torch.Tensor) -> torch.Tensor:
+    """[state token ; tokens] (B, 1 + A, W) when the head reads the state itself, else ``tokens``."""
+    if state_token is None:
+        return tokens
+    return torch.cat([state_token(prefix.state, prefix.state_mask).to(tokens.dtype), tokens], dim=1)
 
 
 def action_weights(batch: dict, actions: torch.Tensor) -> torch.Tensor:

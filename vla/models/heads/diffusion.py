@@ -30,6 +30,7 @@ from vla.models.heads.action_expert import (
     action_weights,
     head_state_dim,
     masked_mean,
+    prepend_state,
 )
 from vla.models.heads.base import Head, HeadConfig
 from vla.models.heads.timesteps import sinusoidal_embedding
@@ -84,23 +85,20 @@ class DiffusionConfig(HeadConfig):
 class DiffusionHead(Head):
     def __init__(self, cfg: DiffusionConfig, backbone, horizon: int, action_dim: int):
         super().__init__()
-        if cfg.width % cfg.num_heads:
-            raise ValueError(f"diffusion head: width={cfg.width} not divisible by num_heads={cfg.num_heads}")
         cfg.make_scheduler(cfg.sampler)  # fail at build time on a bad sampler name
         self.cfg, self.horizon, self.action_dim = cfg, horizon, action_dim
         self.train_scheduler = cfg.make_scheduler("ddpm")
-        self.expert = ActionExpert(
-            ActionExpertConfig(
-                width=cfg.width,
-                num_layers=cfg.num_layers,
-                num_heads=cfg.num_heads,
-                num_kv_heads=cfg.num_heads,
-                head_dim=cfg.width // cfg.num_heads,
-                mlp_ratio=cfg.mlp_ratio,
-                max_tokens=horizon + 1,
+        self.expert = ActionExpert(  # a DiT: the timestep modulates every block (adaLN-Zero)
+            ActionExpertConfig.cross_attention(
+                "diffusion",
+                cfg.width,
+                cfg.num_layers,
+                cfg.num_heads,
+                cfg.mlp_ratio,
+                horizon,
+                backbone.width,
                 adaln=True,
                 cond_dim=cfg.width,
-                context_width=backbone.width,
             )
         )
         state_dim = head_state_dim(backbone)
@@ -115,8 +113,7 @@ class DiffusionHead(Head):
         t_emb = sinusoidal_embedding(timesteps.float() / self.cfg.num_train_timesteps, self.cfg.width)  # (B, We)
         cond = self.time_mlp(t_emb.to(dtype))  # (B, We)
         tokens = self.action_in(x_t.to(dtype))  # (B, H, We)
-        if self.state_token is not None:
-            tokens = torch.cat([self.state_token(prefix.state, prefix.state_mask).to(dtype), tokens], dim=1)
+        tokens = prepend_state(self.state_token, prefix, tokens)
         out = self.expert(tokens, prefix.mask, context=prefix.hidden, cond=cond)  # (B, [1+]H, We)
         return self.action_out(out[:, -self.horizon :]).float()  # (B, H, D)
 

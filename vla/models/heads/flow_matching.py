@@ -35,6 +35,7 @@ from vla.models.heads.action_expert import (
     action_weights,
     head_state_dim,
     masked_mean,
+    prepend_state,
 )
 from vla.models.heads.base import Head, HeadConfig
 from vla.models.heads.timesteps import sample_beta_time, sinusoidal_embedding
@@ -94,8 +95,7 @@ class FlowMatchingHead(Head):
         tokens = self.action_in(x_t.to(dtype))  # (B, H, We)
         t_emb = sinusoidal_embedding(t, self.width).to(dtype)[:, None, :].expand_as(tokens)  # (B, H, We)
         tokens = self.time_mlp_out(F.silu(self.time_mlp_in(torch.cat([tokens, t_emb], dim=-1))))  # (B, H, We)
-        if self.state_token is not None:
-            tokens = torch.cat([self.state_token(prefix.state, prefix.state_mask).to(dtype), tokens], dim=1)
+        tokens = prepend_state(self.state_token, prefix, tokens)
         out = self.expert(tokens, prefix.mask, context_kv=(prefix.keys, prefix.values))  # (B, [1+]H, We)
         return self.action_out(out[:, -self.horizon :]).float()  # (B, H, D)
 

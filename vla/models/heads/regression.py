@@ -24,6 +24,7 @@ from vla.models.heads.action_expert import (
     action_weights,
     head_state_dim,
     masked_mean,
+    prepend_state,
 )
 from vla.models.heads.base import Head, HeadConfig
 from vla.shapes import check_shape
@@ -48,20 +49,11 @@ class RegressionHead(Head):
         super().__init__()
         if cfg.loss not in ("l1", "l2"):
             raise ValueError(f"regression head: loss must be 'l1' or 'l2', got {cfg.loss!r}")
-        if cfg.width % cfg.num_heads:
-            raise ValueError(f"regression head: width={cfg.width} not divisible by num_heads={cfg.num_heads}")
         self.cfg, self.horizon, self.action_dim = cfg, horizon, action_dim
         state_dim = head_state_dim(backbone)
         self.expert = ActionExpert(
-            ActionExpertConfig(
-                width=cfg.width,
-                num_layers=cfg.num_layers,
-                num_heads=cfg.num_heads,
-                num_kv_heads=cfg.num_heads,
-                head_dim=cfg.width // cfg.num_heads,
-                mlp_ratio=cfg.mlp_ratio,
-                max_tokens=horizon + 1,
-                context_width=backbone.width,
+            ActionExpertConfig.cross_attention(
+                "regression", cfg.width, cfg.num_layers, cfg.num_heads, cfg.mlp_ratio, horizon, backbone.width
             )
         )
         self.queries = nn.Parameter(torch.randn(horizon, cfg.width) * 0.02)  # (H, We)
@@ -72,8 +64,7 @@ class RegressionHead(Head):
         """Prefix -> chunk (B, H, D) in one pass."""
         b = prefix.hidden.shape[0]
         tokens = self.queries.to(prefix.hidden.dtype).expand(b, -1, -1)  # (B, H, We)
-        if self.state_token is not None:
-            tokens = torch.cat([self.state_token(prefix.state, prefix.state_mask).to(tokens.dtype), tokens], dim=1)
+        tokens = prepend_state(self.state_token, prefix, tokens)
         out = self.expert(tokens, prefix.mask, context=prefix.hidden)  # (B, [1+]H, We)
         return self.action_out(out[:, -self.horizon :])  # (B, H, D)
 
