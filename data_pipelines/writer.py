@@ -17,11 +17,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-import uuid
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
+
+from vla.utils.atomic import move_into_place, partial_sibling
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +128,7 @@ class DatasetWriter:
         if self.out_dir.exists() and any(self.out_dir.iterdir()) and not self.overwrite:
             what = "a complete dataset" if is_complete_dataset(self.out_dir) else "a non-empty directory"
             raise FileExistsError(f"{self.out_dir} already holds {what}; pass overwrite=True to replace it")
-        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp_dir = self.out_dir.parent / f".{self.out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+        self._tmp_dir = partial_sibling(self.out_dir)
         self._dataset = LeRobotDataset.create(
             repo_id=self.repo_id,
             fps=self.fps,
@@ -154,15 +154,7 @@ class DatasetWriter:
         staging = self._tmp_dir / "images"
         if staging.is_dir() and not any(p.is_file() for p in staging.rglob("*")):
             shutil.rmtree(staging)
-        if self.out_dir.exists():
-            # Only reachable with overwrite=True (or an empty dir): move the old one aside
-            # first so the swap is two renames and never a half-deleted dataset.
-            trash = self.out_dir.parent / f".{self.out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            self.out_dir.rename(trash)
-            self._tmp_dir.rename(self.out_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            self._tmp_dir.rename(self.out_dir)
+        move_into_place(self._tmp_dir, self.out_dir)  # an existing out_dir: only with overwrite=True (or empty)
         self._dataset = None
         self._tmp_dir = None
         logger.info("wrote %d episodes, %d frames to %s", self.num_episodes, self.num_frames, self.out_dir)

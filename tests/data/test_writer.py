@@ -30,7 +30,7 @@ def test_written_dataset_reads_back_exactly(three_cam_dataset):
     assert item["task"] == "stack the cups"
     assert item["observation.images.overhead"].shape == (3, 32, 32)
     assert not (three_cam_dataset / "images").exists()  # staging dir cleaned
-    assert not list(three_cam_dataset.parent.glob(".bimanual.tmp-*"))
+    assert not list(three_cam_dataset.parent.glob(".bimanual.*.partial"))
 
 
 def test_exception_leaves_no_dataset(tmp_path, make_episode, mw_cams):

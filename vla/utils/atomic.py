@@ -20,14 +20,27 @@ def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial"
+    tmp = partial_sibling(path)
     tmp.mkdir()
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    move_into_place(tmp, path)
+
+
+def partial_sibling(path: str | Path) -> Path:
+    """A fresh hidden ``.NAME.XXXXXXXX.partial`` path next to ``path`` (not created; the parent is)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial"
+
+
+def move_into_place(tmp: Path, path: str | Path) -> None:
+    """Rename the finished ``tmp`` to ``path``; an existing ``path`` is moved aside first and then
+    deleted, so the swap is two renames and never a half-deleted directory."""
+    path = Path(path)
     old = None
     if path.exists():
         old = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.old"
