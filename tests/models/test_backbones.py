@@ -312,7 +312,17 @@ def test_bfloat16_build_and_decode():
     ],
 )
 def test_scale_presets_on_meta(family, preset, billions, width, layers):
-    bb = lookup(BackboneConfig, family)(preset=preset).build(state_dim=STATE_DIM, num_cameras=2)
+    bb = lookup(BackboneConfig, family)(preset=preset, init_device="meta").build(state_dim=STATE_DIM, num_cameras=2)
     assert next(bb.model.parameters()).device.type == "meta"
     assert bb.width == width and bb.num_layers == layers
     assert abs(count_parameters(bb.model) / 1e9 - billions) < 0.01 * billions + 0.005
+
+
+def test_random_init_follows_the_ambient_device():
+    """Presets are created where the caller builds (``with torch.device("cuda")`` on a GPU), never on a
+    hidden default: a scale preset once landed on ``meta`` and the policy could not move to its device."""
+    with torch.device("meta"):
+        on_meta = lookup(BackboneConfig, "smolvlm")(preset="tiny").build(state_dim=STATE_DIM, num_cameras=1)
+    assert next(on_meta.model.parameters()).device.type == "meta"
+    plain = lookup(BackboneConfig, "smolvlm")(preset="tiny").build(state_dim=STATE_DIM, num_cameras=1)
+    assert next(plain.model.parameters()).device.type == "cpu"

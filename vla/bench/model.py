@@ -58,10 +58,14 @@ def _device(name: str) -> torch.device:
 
 def build_policy(cfg: ModelBenchConfig, device: torch.device) -> Policy:
     preset, head, head_kw = SCALES[cfg.scale]
+    dtype = resolve_dtype(cfg.dtype, device)
     head_cfg = HeadConfig.get_choice_class(cfg.head or head)(**(head_kw if not cfg.head else {}))
     pcfg = PolicyConfig(
         backbone=BackboneConfig.get_choice_class("smolvlm")(
-            preset=preset, max_text_tokens=cfg.text_tokens, gradient_checkpointing=cfg.gradient_checkpointing
+            preset=preset,
+            max_text_tokens=cfg.text_tokens,
+            gradient_checkpointing=cfg.gradient_checkpointing,
+            dtype=str(dtype).removeprefix("torch."),  # created in its dtype: no fp32 copy of 3B weights first
         ),
         head=head_cfg,
         chunk_size=cfg.chunk,
@@ -73,7 +77,7 @@ def build_policy(cfg: ModelBenchConfig, device: torch.device) -> Policy:
     )
     with torch.device(device):  # random init straight on the device: minutes faster than CPU-then-move at 3B
         policy = Policy(pcfg)
-    return policy.to(device=device, dtype=resolve_dtype(cfg.dtype, device))
+    return policy.to(device=device, dtype=dtype)
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -47,6 +47,7 @@ def _model_cfg(a):
         chunk=a.chunk,
         gradient_checkpointing=a.grad_ckpt,
         compile=a.compile,
+        infer_iters=a.infer_iters,
         device=a.device,
     )
 
@@ -148,7 +149,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 on a GPU, fp32 on CPU")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--grad-ckpt", action="store_true")
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile", action="store_true", help="regional torch.compile (CUDA graphs for the head on a GPU)")
+    p.add_argument("--infer-iters", type=int, default=20, help="`infer`: timed chunks after the first call")
     p.add_argument("--device", default="auto")
     p.add_argument("--suite", default="mw-easy")
     p.add_argument("--num-envs", type=int, default=2)

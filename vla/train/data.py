@@ -155,6 +155,7 @@ def normalized_action_chunks(data: TrainingData, policy, max_chunks: int = 20000
     chunks = torch.cat(windows)
     if len(chunks) > max_chunks:
         chunks = chunks[torch.randperm(len(chunks), generator=torch.Generator().manual_seed(0))[:max_chunks]]
+    device = next(policy.parameters()).device  # the policy may already sit on its GPU
     with torch.no_grad():
-        chunks = policy.normalizers[0].normalize("actions", chunks)
-    return chunks.numpy()
+        chunks = policy.normalizers[0].normalize("actions", chunks.to(device))
+    return chunks.cpu().numpy()

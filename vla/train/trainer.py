@@ -66,10 +66,12 @@ class Trainer:
         cfg.policy.fps = self.data.fps
         cfg.policy.state_key = cfg.dataset.state_key
 
-        if cfg.init_from:
-            self.policy, plan = init_from_checkpoint(cfg.init_from, cfg.policy, self.data.stats)
-        else:
-            self.policy, plan = Policy(cfg.policy, self.data.stats), None
+        # Built straight on this process's GPU: random init of a 3B model takes seconds there, minutes on the CPU.
+        with torch.device(acc.device):
+            if cfg.init_from:
+                self.policy, plan = init_from_checkpoint(cfg.init_from, cfg.policy, self.data.stats)
+            else:
+                self.policy, plan = Policy(cfg.policy, self.data.stats), None
         tokenizer = getattr(self.policy.head, "tokenizer", None)
         if tokenizer is not None and not tokenizer.is_fitted:  # FAST: fit on this dataset's action chunks
             report = self.policy.head.fit_tokenizer(normalized_action_chunks(self.data, self.policy))

@@ -34,8 +34,9 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 class VLMConfig(BackboneConfig):
     """Options every family adds to ``BackboneConfig``.
 
-    ``init_device``: where a preset's random weights are created; the scale presets default
-    to ``meta`` (no memory, for parameter counts), a GPU benchmark passes ``cuda``.
+    ``init_device``: where a preset's random weights are created (``meta``: no memory, for
+    parameter counts); by default the ambient device, so building inside
+    ``with torch.device("cuda"):`` creates a 3B model on the GPU in seconds, not minutes on the CPU.
     ``prefix_attention``: ``bidirectional`` or ``causal`` among prefix tokens; empty means the
     family default (PaliGemma bidirectional as in its prefix-LM pretraining, the others causal).
     ``image_size``: overrides the preset's square input resolution (Qwen accepts any multiple of 28).
@@ -61,9 +62,12 @@ class VLMConfig(BackboneConfig):
 
 
 def instantiate(cfg: VLMConfig, model_cls: type, config) -> nn.Module:
-    """Random-weight model from a config: on CPU for ``tiny``, on ``meta`` for scale presets unless
-    ``init_device`` says otherwise (building a 3B model directly on the GPU takes seconds, on the CPU minutes)."""
-    device = cfg.init_device or ("cpu" if cfg.preset == "tiny" else "meta")
+    """Random-weight model from a config, on ``init_device`` or else the ambient default device.
+
+    (Scale presets once defaulted to ``meta``, which made ``vla bench --scale pi0`` and training
+    from a scale preset fail with "Cannot copy out of meta tensor" when the policy moved to its device.)
+    """
+    device = cfg.init_device or torch.get_default_device()
     with torch.device(device):
         return model_cls._from_config(
             config, attn_implementation=cfg.attn_implementation, dtype=getattr(torch, cfg.dtype or "float32")
