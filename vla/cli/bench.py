@@ -3,6 +3,7 @@
     vla bench data  --root DIR [--batch-size 16 --workers 2]     our DataLoader vs a plain LeRobot one
     vla bench train [--scale tiny|pi0|smolvla --batch-sizes 8,16] training samples/s, memory, MFU
     vla bench infer [--scale ...]                                  one chunk at batch 1: p50/p90 latency
+    vla bench train|infer --scale pi0 --peer lerobot-pi0 --peer-pythonpath DIR   LeRobot's pi0 beside ours (GPU)
     vla bench eval  [--suite mw-easy --num-envs 2]                 runner vs naive loop, E envs vs 1
     vla bench serve [--checkpoint CKPT]                            round trip p50/p99, 1 and 8 clients
     vla bench all   --out DIR [--root DIR]                         everything above, one JSON + one table
@@ -55,13 +56,25 @@ def _model_cfg(a):
 def run_train(a) -> list[dict]:
     from vla.bench.model import bench_train
 
-    return bench_train(_model_cfg(a))
+    return bench_train(_model_cfg(a)) + _peer_rows(a, infer_only=False, wanted="train_step")
 
 
-def run_infer(a) -> dict:
+def run_infer(a) -> dict | list[dict]:
     from vla.bench.model import bench_infer
 
-    return bench_infer(_model_cfg(a))
+    ours = bench_infer(_model_cfg(a))
+    peer = _peer_rows(a, infer_only=True, wanted="infer_chunk_b1")
+    return [ours, *peer] if peer else ours
+
+
+def _peer_rows(a, infer_only: bool, wanted: str) -> list[dict]:
+    """With --peer: the same measurement from LeRobot's own policy, run in a child process."""
+    if not a.peer:
+        return []
+    from vla.bench.peer import run_peer
+
+    rows = run_peer(a.peer, batch_sizes=_ints(a.batch_sizes), infer_only=infer_only, pythonpath=a.peer_pythonpath)
+    return [r for r in rows if r.get("what") == wanted]
 
 
 def run_eval(a) -> dict:
@@ -152,6 +165,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--compile", action="store_true", help="regional torch.compile (CUDA graphs for the head on a GPU)")
     p.add_argument("--infer-iters", type=int, default=20, help="`infer`: timed chunks after the first call")
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--peer", default=None, help="`train`/`infer`: also time LeRobot's policy (lerobot-pi0, lerobot-pi05)"
+    )
+    p.add_argument(
+        "--peer-pythonpath", default=None, help="a directory with lerobot and transformers==5.5.4 for --peer"
+    )
     p.add_argument("--suite", default="mw-easy")
     p.add_argument("--num-envs", type=int, default=2)
     p.add_argument("--episodes-per-task", type=int, default=4)

@@ -1,0 +1,69 @@
+"""LeRobot's own pi0, timed beside ours in the same `vla bench` run.
+
+LeRobot 0.6.1's pi models need transformers 5.5.4, which is not ours, so the peer runs in
+a child process with its own ``PYTHONPATH`` (a directory holding lerobot and that
+transformers) and prints one JSON line per measurement; its rows join ours in
+``bench.json`` and the markdown table, tagged ``peer=lerobot-pi0``. The script is
+``scripts/peers/lerobot_bench.py`` (the same inputs as ``vla bench --scale pi0``: 2
+cameras at 224 px, an 8-dim state, a 7-dim action, chunk 50, 48 tokens, bf16, eager).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+PEER_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "peers" / "lerobot_bench.py"
+PEERS = ("lerobot-pi0", "lerobot-pi05")
+
+
+def run_peer(
+    peer: str,
+    *,
+    batch_sizes: list[int],
+    cameras: int = 2,
+    infer_only: bool = False,
+    pythonpath: str | None = None,
+    python: str | None = None,
+    timeout_s: float = 3600,
+) -> list[dict]:
+    """Run the peer's benchmark in a child process; return its measurement rows."""
+    if peer not in PEERS:
+        raise ValueError(f"--peer {peer!r}: known peers: {', '.join(PEERS)}")
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            f"--peer {peer}: the peer benchmark runs on a CUDA GPU only (LeRobot's script builds on cuda)"
+        )
+    cmd = [python or sys.executable, str(PEER_SCRIPT), "--policy", peer.removeprefix("lerobot-")]
+    cmd += ["--batches", ",".join(map(str, batch_sizes)), "--cams", str(cameras)]
+    if infer_only:
+        cmd.append("--infer-only")
+    env = dict(os.environ)
+    if pythonpath:  # first on the path: the peer's transformers shadows ours
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH")) if p)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s)
+    rows = parse_rows(proc.stdout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{peer} benchmark exited with {proc.returncode}: {proc.stderr[-2000:]}")
+    return rows
+
+
+def parse_rows(stdout: str) -> list[dict]:
+    """The peer's measurement rows (lines that are JSON objects with a ``what``), in order."""
+    rows = []
+    for line in stdout.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "what" in row:
+            rows.append(row)
+    return rows
