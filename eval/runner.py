@@ -64,7 +64,7 @@ class EvalConfig:
     compile: bool = False  # regional torch.compile of the policy (CUDA graphs for the head on a GPU)
     out: str = "outputs/eval"
     n_action_steps: int | None = None  # actions executed per chunk (default: the policy's own)
-    image_size: int | None = None  # override the suite's render size
+    image_size: int | None = None  # render size (default: the checkpoint's training resolution, else the suite's)
     progress: bool = True
 
     def validate(self) -> None:
@@ -352,8 +352,11 @@ def _evaluate_model(cfg: EvalConfig, policy, digest: str) -> dict:
         "cameras": list(pc.cameras),
         "state_key": pc.state_key,
     }
-    # render only the cameras the policy reads
-    cams = list(pc.cameras) if "cameras" in {f.name for f in dataclasses.fields(suite_cfg_cls)} else None
+    suite_fields = {f.name for f in dataclasses.fields(suite_cfg_cls)}
+    # render only the cameras the policy reads, at the resolution it trained on (unless --image-size says otherwise)
+    cams = list(pc.cameras) if "cameras" in suite_fields else None
+    if cfg.image_size is None and pc.image_size and "image_size" in suite_fields:
+        cfg = dataclasses.replace(cfg, image_size=pc.image_size)
     return run_evaluation(cfg, ModelChunker(policy, n, cfg.device), None, info, cams, action_dim=pc.action_dim)
 
 

@@ -51,6 +51,7 @@ def tiny_policy() -> Policy:
         cameras=["image", "wrist"],
         state_dim=4,
         action_dim=4,
+        image_size=48,  # as if trained on 48 px images
     )
     stats = {"state": {"mean": [0.0] * 4, "std": [1.0] * 4}, "actions": {"mean": [0.0] * 4, "std": [0.5] * 4}}
     return Policy(cfg, stats).eval()
@@ -271,6 +272,9 @@ def test_tiny_checkpoint_end_to_end(tiny_policy, tiny_checkpoint, tmp_path):
         tiny_policy, "mw-easy", 2, tmp_path / "mem", tasks="reach-v3", max_steps=12, image_size=64, progress=False
     )
     assert mem["tasks"] == res["tasks"]
+    # Without --image-size the suite renders at the policy's training resolution.
+    own = evaluate_policy(tiny_policy, "mw-easy", 1, tmp_path / "own", tasks="reach-v3", max_steps=4, progress=False)
+    assert own["protocol"]["image_size"] == 48 and proto["image_size"] == 64
 
 
 @pytest.mark.sim

@@ -63,6 +63,7 @@ def test_single_process_training_writes_contract_outputs(metaworld_layout_datase
     from vla.models.policy import Policy
 
     policy = Policy.load(out / "checkpoints" / "last")
+    assert policy.config.image_size == 32  # the dataset's cameras: evaluation renders at this size
     obs = {"images": torch.rand(2, 2, 3, 32, 32), "state": torch.randn(2, 4), "instruction": ["reach", "reach"]}
     assert policy.predict_chunk(obs).shape == (2, 4, 4)
 

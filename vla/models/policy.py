@@ -90,6 +90,7 @@ class PolicyConfig:
     state_dim: int = 0
     action_dim: int = 0
     fps: float = 0.0
+    image_size: int = 0  # square side of the training images (0: unknown or not square); evaluation renders at it
     state_key: str = "observation.state"  # dataset key the state came from (environment_state = privileged)
 
     def __post_init__(self):

@@ -30,6 +30,7 @@ class TrainingData:
     sample_weights: torch.Tensor | None = None  # per-sample weights (mixtures)
     augment: object | None = None  # data_pipelines.augment transform, applied on the device
     seed: int = 0
+    image_size: int = 0  # square side of the images the policy sees (0: not square, or a mixture)
 
     @staticmethod
     def collate(samples: list[dict]) -> dict:
@@ -101,7 +102,12 @@ def build_training_data(dcfg, pcfg, acfg, seed: int = 0) -> TrainingData:
         stats=_stats(src),
         augment=augment,
         seed=seed,
+        image_size=square_side(fmap.image_size or (fmap.native_sizes[:1] or [None])[0]),
     )
+
+
+def square_side(size: tuple[int, int] | None) -> int:
+    return int(size[0]) if size and size[0] == size[1] else 0
 
 
 def _stats(src: LeRobotSource) -> dict:

@@ -27,7 +27,7 @@ def init_from_checkpoint(path: str | Path, user_cfg: PolicyConfig, stats: dict) 
         user_cfg.action_dim,
         len(user_cfg.cameras),
     )
-    for key in ("cameras", "state_dim", "action_dim", "fps", "state_key", *USER_POLICY_OPTIONS):
+    for key in ("cameras", "state_dim", "action_dim", "fps", "image_size", "state_key", *USER_POLICY_OPTIONS):
         setattr(cfg, key, getattr(user_cfg, key))
     for key in USER_BACKBONE_OPTIONS:
         setattr(cfg.backbone, key, getattr(user_cfg.backbone, key))

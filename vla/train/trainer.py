@@ -64,6 +64,7 @@ class Trainer:
         cfg.policy.state_dim = self.data.state_dim
         cfg.policy.action_dim = self.data.action_dim
         cfg.policy.fps = self.data.fps
+        cfg.policy.image_size = self.data.image_size
         cfg.policy.state_key = cfg.dataset.state_key
 
         # Built straight on this process's GPU: random init of a 3B model takes seconds there, minutes on the CPU.
