@@ -6,8 +6,6 @@ so they take seconds; inductor itself is exercised by `vla bench infer --compile
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 
@@ -121,7 +119,7 @@ def test_trainer_compiles_when_asked(metaworld_layout_dataset, tmp_path, monkeyp
         calls.append(kw)
         return compile_regions(policy, **kw, backend="aot_eager")
 
-    monkeypatch.setattr(trainer_module, "compile_regions", functools.partial(traced))
+    monkeypatch.setattr(trainer_module, "compile_regions", traced)
     cfg = parse_config(
         TrainConfig,
         [

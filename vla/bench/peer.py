@@ -47,10 +47,9 @@ def run_peer(
     if pythonpath:  # first on the path: the peer's transformers shadows ours
         env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH")) if p)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s)
-    rows = parse_rows(proc.stdout)
     if proc.returncode != 0:
         raise RuntimeError(f"{peer} benchmark exited with {proc.returncode}: {proc.stderr[-2000:]}")
-    return rows
+    return parse_rows(proc.stdout)
 
 
 def parse_rows(stdout: str) -> list[dict]:

@@ -17,6 +17,7 @@ would pin memory for every activation kept for backward).
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 from torch import nn
@@ -111,8 +112,6 @@ def compile_for_inference(policy, batch_size: int = 1, backend: str = "inductor"
     Two calls: the first compiles, the second records the CUDA graphs (reduce-overhead mode
     records on the second use), so the first real request pays neither.
     """
-    import time
-
     compile_regions(policy, training=False, backend=backend)
     t0 = time.perf_counter()
     for _ in range(2):

@@ -102,7 +102,7 @@ def build_training_data(dcfg, pcfg, acfg, seed: int = 0) -> TrainingData:
         stats=_stats(src),
         augment=augment,
         seed=seed,
-        image_size=square_side(fmap.image_size or (fmap.native_sizes[:1] or [None])[0]),
+        image_size=square_side(fmap.image_size or next(iter(fmap.native_sizes), None)),
     )
 
 

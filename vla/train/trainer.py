@@ -120,7 +120,6 @@ class Trainer:
                 "train.compile=true with DeepSpeed ZeRO-3: ZeRO-3 gathers each block's parameters in module hooks "
                 "that compiled blocks would trace through; use ZeRO-2 or DDP with compile, or train.compile=false"
             )
-        self.policy.to(acc.device)
         n = compile_regions(self.policy, training=True)
         if self.is_main:
             print(f"train.compile: {n} blocks compile on their first step (minutes at pi0 scale)", flush=True)
