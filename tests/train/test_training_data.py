@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
+from data_pipelines.lerobot_source import LeRobotSource
 from vla.models.backbones.base import BackboneConfig
 from vla.models.heads.base import HeadConfig
 from vla.models.policy import Policy, PolicyConfig
@@ -67,3 +70,90 @@ def test_fast_chunks_stay_inside_episodes(metaworld_layout_dataset):
     assert chunks.shape == ((24 - 4) + (20 - 4), 5, 4)  # windows of 5 inside episodes of 24 and 20 frames
     report = policy.head.fit_tokenizer(chunks)
     assert report["mean_tokens_per_chunk"] > 0
+
+
+def _cached(root, tmp_path, **kw):
+    dcfg = DatasetConfig(root=str(root), cache=True, cache_dir=str(tmp_path / "store"), **kw)
+    return build_training_data(dcfg, _policy_cfg(), AugmentConfig(enabled=False)).dataset
+
+
+def test_decoded_samples_are_kept_and_reloaded_without_decoding(metaworld_layout_dataset, tmp_path, monkeypatch):
+    first = _cached(metaworld_layout_dataset, tmp_path)
+    kept = list((tmp_path / "store").glob("*.pt"))
+    assert len(kept) == 1 and not list((tmp_path / "store").glob(".*partial"))
+
+    def no_decoding(self, idx):
+        raise AssertionError("a kept dataset must not be decoded again")
+
+    monkeypatch.setattr(LeRobotSource, "__getitem__", no_decoding)
+    again = _cached(metaworld_layout_dataset, tmp_path)
+    assert len(again) == len(first)
+    for i in (0, 5, len(first) - 1):
+        a, b = first[i], again[i]
+        assert set(a) == set(b) and a["instruction"] == b["instruction"]
+        assert all(torch.equal(a[k], b[k]) for k in a if isinstance(a[k], torch.Tensor))
+
+
+def test_changed_data_or_chunking_decodes_afresh(metaworld_layout_dataset, copy_dataset, tmp_path):
+    root = copy_dataset(metaworld_layout_dataset)
+    _cached(root, tmp_path)
+    _cached(root, tmp_path, episodes=[0])  # another episode subset: another key
+    parquet = next((root / "data").rglob("*.parquet"))
+    parquet.touch()  # rewritten data (same bytes, new mtime): never trust the old decode
+    _cached(root, tmp_path)
+    assert len(list((tmp_path / "store").glob("*.pt"))) == 3
+
+
+def test_a_failed_write_leaves_no_cache_file(metaworld_layout_dataset, tmp_path, monkeypatch):
+    def disk_full(obj, f, *a, **kw):
+        Path(f).write_bytes(b"half")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    ds = _cached(metaworld_layout_dataset, tmp_path)  # training goes on from memory
+    assert len(ds) > 0 and list((tmp_path / "store").iterdir()) == []
+
+
+def test_only_the_most_recently_used_caches_are_kept(tmp_path):
+    import os
+
+    from data_pipelines.cache import _evict_old
+
+    for i in range(6):
+        (tmp_path / f"{i}.pt").write_bytes(b"x")
+        os.utime(tmp_path / f"{i}.pt", (i, i))
+    _evict_old(tmp_path, keep=4)
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["2.pt", "3.pt", "4.pt", "5.pt"]
+
+
+def test_checkpoints_carry_the_dataset_keys_for_the_server(metaworld_layout_dataset, tmp_path):
+    """A robot client that sends the training dataset's own keys is understood by `vla serve` as is."""
+    import numpy as np
+    from accelerate import Accelerator
+
+    from data_pipelines.feature_map import FeatureMapConfig
+    from data_pipelines.lerobot_source import LeRobotSourceConfig
+    from vla.serve.obs_mapping import ObsMapping
+    from vla.train.checkpoint import CheckpointManager
+    from vla.train.trainer import dataset_obs_mapping
+
+    cams = {"front": "observation.images.image", "wrist": "observation.images.wrist"}
+    src = LeRobotSourceConfig(
+        root=str(metaworld_layout_dataset), chunk=4, feature_map=FeatureMapConfig(cameras=cams)
+    ).build()
+    mapping = dataset_obs_mapping(src)
+    assert mapping.keys == {"observation.images.image": "observation.images.front"}  # wrist and state: same names
+
+    cfg = _policy_cfg()
+    cfg.cameras, cfg.state_dim, cfg.action_dim = ["front", "wrist"], 4, 4
+    last = CheckpointManager(tmp_path, 2, Accelerator(cpu=True), obs_mapping=mapping).save(1, Policy(cfg))
+    served = ObsMapping.for_checkpoint(last)
+    image = np.zeros((32, 32, 3), np.uint8)
+    request = {
+        "observation.images.image": image,
+        "observation.images.wrist": image + 1,
+        "observation.state": np.zeros(4, np.float32),
+        "prompt": "reach the goal",
+    }
+    obs = served.to_canonical(request, ["front", "wrist"], 4)
+    assert [int(im[0, 0, 0]) for im in obs.images] == [0, 1]  # dataset camera order kept

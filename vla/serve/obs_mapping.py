@@ -22,7 +22,7 @@ checks run on numpy arrays before anything reaches the batcher.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,15 @@ class ObsMapping:
         if checkpoint and (Path(checkpoint) / OBS_MAP_FILE).is_file():
             return cls.load(Path(checkpoint) / OBS_MAP_FILE)
         return cls()
+
+    @classmethod
+    def from_dataset(cls, cameras: Iterable[tuple[str, str]], state_key: str | None) -> ObsMapping:
+        """Dataset key -> canonical key, so a robot client that sends the training dataset's own keys
+        (``observation.environment_state``, a camera stored under another name) is understood as is."""
+        keys = {key: IMAGE_PREFIX + name for name, key in cameras if key != IMAGE_PREFIX + name}
+        if state_key and state_key != STATE_KEY:
+            keys[state_key] = STATE_KEY
+        return cls(keys)
 
     def save(self, checkpoint: str | Path) -> Path:
         out = Path(checkpoint) / OBS_MAP_FILE

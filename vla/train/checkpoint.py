@@ -3,6 +3,7 @@
 Layout of ``OUT/checkpoints``::
 
     step_0000500/            a plain policy checkpoint (Policy.load works on it) plus
+      obs_map.json           the dataset's observation keys -> canonical ones (when they differ), for `vla serve`
       training_state/        accelerate's state: optimizer, scheduler, RNG of every rank, EMA
       trainer_state.json     the step; written last
       ema/                   the EMA weights as a plain policy checkpoint (when train.ema_decay is set)
@@ -29,10 +30,11 @@ TRAINER_STATE = "trainer_state.json"
 
 
 class CheckpointManager:
-    def __init__(self, root: Path, keep_last: int, accelerator: Accelerator):
+    def __init__(self, root: Path, keep_last: int, accelerator: Accelerator, obs_mapping=None):
         self.root = Path(root)
         self.keep_last = keep_last
         self.acc = accelerator
+        self.obs_mapping = obs_mapping  # vla.serve.obs_mapping.ObsMapping written beside the weights, for `vla serve`
 
     @property
     def last(self) -> Path:
@@ -54,6 +56,9 @@ class CheckpointManager:
             if ema is not None:
                 with ema.swapped_into(policy):
                     policy.write_checkpoint(tmp / "ema")
+            if self.obs_mapping is not None and self.obs_mapping.keys:
+                for folder in [tmp] + ([tmp / "ema"] if ema is not None else []):
+                    self.obs_mapping.save(folder)
             (tmp / TRAINER_STATE).write_text(json.dumps({"step": step}))
             if final.exists():
                 shutil.rmtree(final)

@@ -31,6 +31,8 @@ class DatasetConfig:
     image_size: int | None = None  # resize on load (None: keep; the backbone resizes anyway)
     cache: bool = False  # decode every sample once into memory (small datasets: removes the decoding bottleneck)
     cache_max_gb: float = 8.0
+    cache_persist: bool = True  # keep the decoded samples on disk; the next run with the same data loads them
+    cache_dir: str | None = None  # where (None: $VLA_CACHE_DIR/samples, else ~/.cache/vla/samples)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from data_pipelines.cache import InMemoryDataset
+from data_pipelines.cache import InMemoryDataset, default_store_dir
 from data_pipelines.collate import collate
 from data_pipelines.feature_map import FeatureMapConfig
 from data_pipelines.lerobot_source import LeRobotSource, LeRobotSourceConfig
@@ -92,7 +92,10 @@ def build_training_data(dcfg, pcfg, acfg, seed: int = 0) -> TrainingData:
         )
     src = _source(dcfg.root, dcfg.repo_id, dcfg, pcfg.chunk_size)
     fmap = src.feature_map
-    dataset = InMemoryDataset(src, max_gb=dcfg.cache_max_gb) if dcfg.cache else src
+    dataset = src
+    if dcfg.cache:
+        store = (dcfg.cache_dir or default_store_dir()) if dcfg.cache_persist else None
+        dataset = InMemoryDataset(src, max_gb=dcfg.cache_max_gb, store_dir=store)
     return TrainingData(
         dataset=dataset,
         cameras=fmap.camera_names,

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from vla.models.compile import compile_regions
 from vla.models.policy import Policy
+from vla.serve.obs_mapping import ObsMapping
 from vla.train.checkpoint import CheckpointManager
 from vla.train.config import TrainConfig
 from vla.train.data import TrainingData, build_training_data, normalized_action_chunks
@@ -57,9 +58,10 @@ class Trainer:
         acc = self.accelerator
         set_seed(cfg.train.seed, device_specific=False)
         self.is_main = acc.is_main_process
-        self.ckpt = CheckpointManager(self.out / "checkpoints", keep_last=cfg.train.keep_last, accelerator=acc)
-
         self.data: TrainingData = build_training_data(cfg.dataset, cfg.policy, cfg.augment, seed=cfg.train.seed)
+        self.ckpt = CheckpointManager(
+            self.out / "checkpoints", cfg.train.keep_last, acc, obs_mapping=dataset_obs_mapping(self.data.dataset)
+        )
         cfg.policy.cameras = self.data.cameras
         cfg.policy.state_dim = self.data.state_dim
         cfg.policy.action_dim = self.data.action_dim
@@ -315,3 +317,9 @@ def run_training(cfg: TrainConfig) -> dict:
         return trainer.train()
     finally:
         trainer.cleanup()
+
+
+def dataset_obs_mapping(dataset) -> ObsMapping | None:
+    """The training dataset's keys as a server mapping; None for mixtures (their members differ)."""
+    fmap = getattr(dataset, "feature_map", None)
+    return ObsMapping.from_dataset(fmap.cameras, fmap.state) if fmap is not None else None
