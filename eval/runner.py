@@ -60,7 +60,7 @@ class EvalConfig:
     seed: int = 0
     video_episodes: int = 0  # record the first K episodes of each task
     video_fps: int = 20
-    device: str = "cpu"
+    device: str = "auto"  # the GPU when there is one
     compile: bool = False  # regional torch.compile of the policy (CUDA graphs for the head on a GPU)
     out: str = "outputs/eval"
     n_action_steps: int | None = None  # actions executed per chunk (default: the policy's own)
@@ -357,7 +357,9 @@ def _evaluate_model(cfg: EvalConfig, policy, digest: str) -> dict:
     cams = list(pc.cameras) if "cameras" in suite_fields else None
     if cfg.image_size is None and pc.image_size and "image_size" in suite_fields:
         cfg = dataclasses.replace(cfg, image_size=pc.image_size)
-    return run_evaluation(cfg, ModelChunker(policy, n, cfg.device), None, info, cams, action_dim=pc.action_dim)
+    return run_evaluation(
+        cfg, ModelChunker(policy, n, next(policy.parameters()).device), None, info, cams, action_dim=pc.action_dim
+    )
 
 
 def evaluate(cfg: EvalConfig) -> dict:

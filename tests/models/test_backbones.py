@@ -326,3 +326,18 @@ def test_random_init_follows_the_ambient_device():
     assert next(on_meta.model.parameters()).device.type == "meta"
     plain = lookup(BackboneConfig, "smolvlm")(preset="tiny").build(state_dim=STATE_DIM, num_cameras=1)
     assert next(plain.model.parameters()).device.type == "cpu"
+
+
+def test_a_preset_of_another_family_keeps_every_option():
+    """``--policy.backbone.preset=tiny-paligemma`` on the default (SmolVLM) config switches family
+    without dropping family-level options such as the weights' dtype (a 3B model built in fp32
+    first would need twice the memory)."""
+    from vla.models.backbones.base import BackboneConfig
+    from vla.models.policy import resolve_backbone_config
+
+    cfg = BackboneConfig.get_choice_class("smolvlm")(
+        preset="tiny-paligemma", dtype="bfloat16", image_size=64, max_text_tokens=12
+    )
+    resolved = resolve_backbone_config(cfg)
+    assert resolved.type == "paligemma" and resolved.preset == "tiny"
+    assert (resolved.dtype, resolved.image_size, resolved.max_text_tokens) == ("bfloat16", 64, 12)

@@ -145,3 +145,23 @@ def test_trainer_compiles_when_asked(metaworld_layout_dataset, tmp_path, monkeyp
     assert summary["steps"] == 12
     obs = {"images": torch.rand(1, 2, 3, 32, 32), "state": torch.randn(1, 4), "instruction": ["reach the goal"]}
     assert Policy.load(tmp_path / "run" / "checkpoints" / "last").predict_chunk(obs).shape == (1, 4, 4)
+
+
+def test_worker_threads_can_reach_the_cuda_graph_trees():
+    """The server runs the policy in a worker thread; torch's CUDA-graph trees live in thread-locals
+    that a plain thread does not inherit (pytorch#123177). The initializer hands them over."""
+    import concurrent.futures
+
+    from torch._inductor import cudagraph_trees as trees
+
+    from vla.models.compile import share_cudagraphs_with_threads
+
+    def lookup():
+        return trees.get_obj(trees.local, "tree_manager_containers")
+
+    mine = lookup()
+    with concurrent.futures.ThreadPoolExecutor(1) as plain:
+        with pytest.raises(AssertionError):
+            plain.submit(lookup).result()
+    with concurrent.futures.ThreadPoolExecutor(1, initializer=share_cudagraphs_with_threads()) as shared:
+        assert shared.submit(lookup).result() is mine

@@ -141,6 +141,8 @@ def test_kill_and_resume_reproduces_uninterrupted_run(metaworld_layout_dataset, 
     # No partial checkpoint is left looking complete.
     assert not list((crashed / "checkpoints").glob("step_*/.partial"))
     assert all((p / "trainer_state.json").exists() for p in (crashed / "checkpoints").glob("step_*"))
+    # The weights are stored once, as the checkpoint's model.safetensors, not again in the training state.
+    assert not list((crashed / "checkpoints" / "last" / "training_state").glob("model*"))
 
 
 def test_finetune_onto_new_robot(metaworld_layout_dataset, three_cam_dataset, tmp_path):

@@ -20,6 +20,7 @@ from vla.models.backbones.base import BackboneConfig
 from vla.models.compile import compile_for_inference, compile_regions
 from vla.models.heads.base import HeadConfig
 from vla.models.policy import Policy, PolicyConfig
+from vla.utils.device import resolve_device
 
 SCALES = {
     # name: (backbone preset, head type, head overrides)
@@ -48,12 +49,6 @@ class ModelBenchConfig:
     gradient_checkpointing: bool = False
     compile: bool = False
     device: str = "auto"
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def build_policy(cfg: ModelBenchConfig, device: torch.device) -> Policy:
@@ -108,7 +103,7 @@ def _sync(device: torch.device) -> None:
 
 def bench_train(cfg: ModelBenchConfig) -> list[dict]:
     """Samples/s of forward + backward + fused AdamW, and peak memory, per batch size."""
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     t0 = time.perf_counter()
     policy = build_policy(cfg, device)
     build_s = time.perf_counter() - t0
@@ -167,7 +162,7 @@ def bench_train(cfg: ModelBenchConfig) -> list[dict]:
 
 def bench_infer(cfg: ModelBenchConfig) -> dict:
     """Latency of one chunk at batch 1 (p50/p90), the first call (compilation) reported apart."""
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     policy = build_policy(cfg, device).eval()
     batch = synthetic_batch(cfg, 1, device, with_actions=False)
     t0 = time.perf_counter()

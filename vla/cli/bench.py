@@ -71,8 +71,17 @@ def _peer_rows(a, infer_only: bool, wanted: str) -> list[dict]:
     """With --peer: the same measurement from LeRobot's own policy, run in a child process."""
     if not a.peer:
         return []
+    import gc
+
+    import torch
+
     from vla.bench.peer import run_peer
 
+    # Our benchmark's policy is gone, but the CUDA caching allocator still holds its memory; the
+    # peer's pi0 needs 72 GB of an 80 GB card at batch 16, so hand it back first.
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     rows = run_peer(a.peer, batch_sizes=_ints(a.batch_sizes), infer_only=infer_only, pythonpath=a.peer_pythonpath)
     return [r for r in rows if r.get("what") == wanted]
 
@@ -95,10 +104,11 @@ def run_serve(a) -> dict:
     if a.checkpoint:
         target = a.checkpoint
     else:
-        from vla.bench.model import ModelBenchConfig, _device, build_policy
+        from vla.bench.model import ModelBenchConfig, build_policy
+        from vla.utils.device import resolve_device
 
         cfg = ModelBenchConfig(scale=a.scale, head=a.head, dtype=a.dtype, chunk=a.chunk)
-        target = build_policy(cfg, _device(a.device)).eval()
+        target = build_policy(cfg, resolve_device(a.device)).eval()
     return bench_serve(
         target, clients=tuple(_ints(a.clients)), requests=a.requests, device=a.device if a.device != "auto" else "cpu"
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -139,3 +140,25 @@ def mark_step() -> None:
     """
     if torch.cuda.is_available():
         torch.compiler.cudagraph_mark_step_begin()
+
+
+def share_cudagraphs_with_threads() -> Callable[[], None]:
+    """An initializer that lets a worker thread replay the CUDA graphs this thread records.
+
+    torch keeps its CUDA-graph trees in thread-local storage that only autograd's own threads
+    inherit; a compiled block called from any other thread (the server's inference thread)
+    fails with an assertion in ``cudagraph_trees.get_obj`` (pytorch#123177). Pointing the
+    worker's thread-locals at this thread's trees makes the server's warm-up graphs, recorded
+    at start-up, the ones its requests replay. Only one thread may run the policy at a time
+    (the server's batcher has one worker).
+    """
+    from torch._inductor import cudagraph_trees as trees
+
+    containers = trees.get_obj(trees.local, "tree_manager_containers")
+    locks = trees.get_obj(trees.local, "tree_manager_locks")
+
+    def adopt() -> None:
+        trees.local.tree_manager_containers = containers
+        trees.local.tree_manager_locks = locks
+
+    return adopt

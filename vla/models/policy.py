@@ -34,6 +34,7 @@ from vla.models.heads.base import HeadConfig
 from vla.models.normalizer import Normalizer
 from vla.shapes import check_keys, check_shape
 from vla.utils.atomic import atomic_dir
+from vla.utils.device import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,9 @@ def resolve_backbone_config(cfg: BackboneConfig) -> BackboneConfig:
     if family == cfg.type:
         cfg.preset = preset
         return cfg
-    common = {k: getattr(cfg, k) for k in BackboneConfig.__dataclass_fields__ if k != "preset"}
-    return BackboneConfig.get_choice_class(family)(preset=preset, **common)
+    target = BackboneConfig.get_choice_class(family)
+    shared = set(target.__dataclass_fields__) & set(type(cfg).__dataclass_fields__)  # dtype, image_size ... too
+    return target(preset=preset, **{k: getattr(cfg, k) for k in shared if k != "preset"})
 
 
 @dataclass
@@ -290,11 +292,15 @@ class Policy(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Policy:
-        """One call: config, statistics, head extras and weights; shapes must match exactly."""
+        """One call: config, statistics, head extras and weights; shapes must match exactly.
+
+        ``device="auto"``: the GPU when there is one."""
         path = Path(path)
         config = cls.load_config(path)
         stats = json.loads((path / STATS_FILE).read_text())
-        policy = cls(config, stats)
+        device = resolve_device(device)
+        with torch.device(device):  # random init straight on the GPU: a 3B model takes minutes on the CPU
+            policy = cls(config, stats)
         if (path / HEAD_DIR).is_dir():
             policy.head.load_tokenizer(path / HEAD_DIR)
         policy.load_weights(load_file(str(path / WEIGHTS_FILE)), source=path / WEIGHTS_FILE, strict=True)

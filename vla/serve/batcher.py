@@ -80,6 +80,7 @@ class DynamicBatcher[T, R]:
         max_batch: int = 8,
         max_wait_ms: float = 5.0,
         key: Callable[[T], Hashable | None] = lambda item: 0,
+        worker_init: Callable[[], None] | None = None,
     ):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -93,7 +94,9 @@ class DynamicBatcher[T, R]:
         self._pending: list[_Pending[T]] = []
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="vla-infer")
+        self._worker = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="vla-infer", initializer=worker_init
+        )
 
     def start(self) -> None:
         """Start the gathering task on the running event loop."""

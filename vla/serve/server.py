@@ -61,7 +61,7 @@ class ServeConfig:
     max_wait_ms: float = 5.0  # longest a request waits for others to join its batch
     max_message_mb: float = protocol.DEFAULT_MAX_MESSAGE_MB  # larger requests get an error reply
     obs_map: str | None = None  # JSON/YAML client key -> canonical key; overrides the checkpoint's obs_map.json
-    device: str = "cpu"
+    device: str = "auto"  # the GPU when there is one
     compile: bool = False  # regional torch.compile (CUDA graphs for the head on a GPU); compiled before serving
 
     def __post_init__(self):
@@ -93,6 +93,15 @@ def _batch_key(obs: CanonicalObs):
     return (max(im.shape[0] for im in obs.images), max(im.shape[1] for im in obs.images))
 
 
+def _worker_init(config: ServeConfig):
+    """With ``--compile``, the inference thread replays the CUDA graphs the warm-up recorded in this thread."""
+    if not config.compile:
+        return None
+    from vla.models.compile import share_cudagraphs_with_threads
+
+    return share_cudagraphs_with_threads()
+
+
 class PolicyServer:
     """Owns the policy, the batcher and the websocket handlers; ``serve()`` runs it on the current loop."""
 
@@ -104,7 +113,7 @@ class PolicyServer:
         pc = policy.config
         self.cameras, self.state_dim = list(pc.cameras), int(pc.state_dim)
         self.batcher: DynamicBatcher[CanonicalObs, np.ndarray] = DynamicBatcher(
-            self._run_batch, config.max_batch, config.max_wait_ms, key=_batch_key
+            self._run_batch, config.max_batch, config.max_wait_ms, key=_batch_key, worker_init=_worker_init(config)
         )
         self.port: int | None = None
         self._connections = 0

@@ -4,7 +4,8 @@ Layout of ``OUT/checkpoints``::
 
     step_0000500/            a plain policy checkpoint (Policy.load works on it) plus
       obs_map.json           the dataset's observation keys -> canonical ones (when they differ), for `vla serve`
-      training_state/        accelerate's state: optimizer, scheduler, RNG of every rank, EMA
+      training_state/        accelerate's state: optimizer, scheduler, RNG of every rank, EMA (the weights
+                             only under DeepSpeed, which shards them; otherwise model.safetensors above)
       trainer_state.json     the step; written last
       ema/                   the EMA weights as a plain policy checkpoint (when train.ema_decay is set)
     last -> step_0000500     symlink, replaced atomically
@@ -23,6 +24,8 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
+from vla.models.policy import WEIGHTS_FILE
+
 log = logging.getLogger(__name__)
 
 STATE_DIR = "training_state"
@@ -35,6 +38,18 @@ class CheckpointManager:
         self.keep_last = keep_last
         self.acc = accelerator
         self.obs_mapping = obs_mapping  # vla.serve.obs_mapping.ObsMapping written beside the weights, for `vla serve`
+        if accelerator.distributed_type.name not in ("DEEPSPEED", "FSDP", "MEGATRON_LM"):  # those shard the weights
+            accelerator.register_save_state_pre_hook(_weights_saved_once)
+            accelerator.register_load_state_pre_hook(self._load_weights_from_checkpoint)
+
+    def _load_weights_from_checkpoint(self, models: list, input_dir: str) -> None:
+        """Resume reads the policy's weights from the checkpoint's own ``model.safetensors``."""
+        from safetensors.torch import load_file
+
+        weights = Path(input_dir).parent / WEIGHTS_FILE
+        for model in models:
+            self.acc.unwrap_model(model).load_weights(load_file(str(weights)), source=weights, strict=True)
+        models.clear()
 
     @property
     def last(self) -> Path:
@@ -87,3 +102,10 @@ class CheckpointManager:
             )
         self.acc.load_state(str(self.last / STATE_DIR))
         return int(json.loads((self.last / TRAINER_STATE).read_text())["step"])
+
+
+def _weights_saved_once(models: list, weights: list, output_dir: str) -> None:
+    """Keep the weights out of accelerate's training state: the checkpoint's ``model.safetensors``,
+    one level up, already holds them in full precision, and a second copy would add 12.6 GB to
+    every checkpoint at pi0 scale."""
+    weights.clear()

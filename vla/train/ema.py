@@ -41,4 +41,9 @@ class EMA:
 
     def load_state_dict(self, state: dict) -> None:
         self.decay = state["decay"]
-        self.shadow = {n: v.float() for n, v in state["shadow"].items()}
+        # accelerate loads custom state onto the CPU; the shadow stays where the model's weights are
+        # (on a GPU, a CPU shadow would fail the next update's lerp_ with a device mismatch).
+        unknown = sorted(set(state["shadow"]) - set(self.shadow))
+        if unknown:
+            raise KeyError(f"EMA state has weights the model does not train: {unknown[:5]}")
+        self.shadow = {n: v.to(self.shadow[n].device, torch.float32) for n, v in state["shadow"].items()}

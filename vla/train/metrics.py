@@ -24,8 +24,8 @@ def estimate_flops_per_sample(policy, batch: dict) -> float:
     """
     inputs = policy.backbone.prepare_inputs(batch["images"], batch["image_mask"], batch["instruction"])
     tokens = inputs["input_ids"].shape[1] + policy.config.chunk_size
-    trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
-    frozen = sum(p.numel() for p in policy.parameters() if not p.requires_grad)
+    trainable = sum(full_numel(p) for p in policy.parameters() if p.requires_grad)
+    frozen = sum(full_numel(p) for p in policy.parameters() if not p.requires_grad)
     return float((6 * trainable + 2 * frozen) * tokens)
 
 
@@ -111,3 +111,8 @@ def plot_loss_curve(rows: list[dict], path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def full_numel(p: torch.Tensor) -> int:
+    """Elements of the whole parameter, also under ZeRO-3 (whose ranks hold an empty placeholder)."""
+    return int(getattr(p, "ds_numel", p.numel()))
