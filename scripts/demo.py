@@ -57,7 +57,7 @@ def train(out: Path, data: Path, steps: int, batch_size: int, gpu: bool) -> dict
         f"--train.batch_size={batch_size}",
     ]
     if gpu:
-        args += ["--train.mixed_precision=bf16", "--train.num_workers=8"]
+        args += ["--train.mixed_precision=bf16"]  # the dataset is decoded into memory: no loader workers
     shutil.rmtree(out, ignore_errors=True)
     return run_training(parse_config(TrainConfig, args))
 
