@@ -99,7 +99,11 @@ def _worker_init(config: ServeConfig):
         return None
     from vla.models.compile import share_cudagraphs_with_threads
 
-    return share_cudagraphs_with_threads()
+    try:
+        return share_cudagraphs_with_threads()
+    except (ImportError, AttributeError) as e:  # torch's private CUDA-graph module moved: serve without sharing
+        log.warning("cannot share CUDA graphs with the inference thread (%s); use --device cpu or no --compile", e)
+        return None
 
 
 class PolicyServer:
