@@ -421,7 +421,8 @@ class VLMBackbone(Backbone):
 
     @property
     def vocab_size(self) -> int:
-        return self.model.lm_head.weight.shape[0]
+        weight = self.model.lm_head.weight
+        return getattr(weight, "ds_shape", weight.shape)[0]  # under ZeRO-3 init the tensor itself is empty
 
     def save_pretrained(self, path) -> None:
         """Model + processor in HF format, loadable through ``pretrained=path`` (the state token is not included)."""
