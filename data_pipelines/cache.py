@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from data_pipelines.lerobot_source import worker_init_fn
-from vla.utils.atomic import partial_sibling
+from vla.utils.atomic import atomic_file
 from vla.utils.paths import user_cache_dir
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def fingerprint(source: Dataset) -> str | None:
         return None
     root = Path(root).resolve()
     files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-    listing = [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    listing = [(str(p.relative_to(root)), st.st_size, st.st_mtime_ns) for p in files for st in [p.stat()]]
     blob = json.dumps(
         {"format": FORMAT, "root": str(root), "files": listing, "cfg": dataclasses.asdict(cfg)},
         sort_keys=True,
@@ -126,13 +126,11 @@ class InMemoryDataset(Dataset):
 
     def _save(self, path: Path) -> None:
         """Write, then rename: a run killed mid-write leaves no file that looks like a finished cache."""
-        tmp = partial_sibling(path)
         state = {"format": FORMAT, "image_keys": self.image_keys, "tensors": self.tensors, "values": self.values}
         try:
-            torch.save(state, tmp)
-            os.replace(tmp, path)
+            with atomic_file(path) as tmp:
+                torch.save(state, tmp)
         except OSError as e:  # a full or read-only disk costs the next run a decode, nothing more
-            tmp.unlink(missing_ok=True)
             log.warning("could not keep the decoded dataset at %s: %s", path, e)
             return
         log.info(
@@ -155,7 +153,7 @@ class InMemoryDataset(Dataset):
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
         out: dict[str, Any] = {
-            k: (v[idx].float() / 255.0 if k in self.image_keys else v[idx].clone()) for k, v in self.tensors.items()
+            k: (v[idx].float() / 255.0 if k in self.image_keys else v[idx]) for k, v in self.tensors.items()
         }
         out.update({k: v[idx] for k, v in self.values.items()})
         return out

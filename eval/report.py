@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from eval.stats import wilson_interval
+from vla.utils.atomic import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,8 @@ VIDEO_DIR = "videos"
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 # ---- the episode log (resume) ---------------------------------------------------------------
@@ -163,10 +163,9 @@ def bar_chart(results: dict, path: Path) -> None:
     ax.set_ylabel("success rate (95% Wilson CI)")
     ax.set_title(f"{results.get('protocol', {}).get('suite', '')}: average {results['average_success']:.3f}")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    fig.savefig(tmp, dpi=100)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_results(out_dir: str | Path, results: dict) -> dict[str, Path]:
@@ -184,10 +183,11 @@ def write_video(path: str | Path, frames: Sequence[np.ndarray], fps: int = 20) -
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
     # macro_block_size=1: keep the exact size (256-px pairs are fine, odd sizes would be padded)
-    with imageio.get_writer(tmp, fps=fps, codec="libx264", macro_block_size=1, quality=7) as w:
+    with (
+        atomic_file(path) as tmp,
+        imageio.get_writer(tmp, fps=fps, codec="libx264", macro_block_size=1, quality=7) as w,
+    ):
         for f in frames:
             w.append_data(np.asarray(f, dtype=np.uint8))
-    os.replace(tmp, path)
     return path

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from eval.runner import EvalConfig, evaluate
+from vla.utils.atomic import atomic_file
 
 STEP_RE = re.compile(r"^step_(\d+)$")
 
@@ -122,7 +122,6 @@ def _write(out: Path, summary: dict) -> None:
     ax.set_title(f"{summary['suite']}: success vs step")
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    tmp = out / ".success_vs_step.partial.png"
-    fig.savefig(tmp, dpi=100)
+    with atomic_file(out / "success_vs_step.png") as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, out / "success_vs_step.png")

@@ -30,6 +30,24 @@ def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
     move_into_place(tmp, path)
 
 
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a hidden temporary path next to ``path``; on success it replaces ``path``, on error it is deleted.
+
+    The temporary name keeps the suffix, so writers that pick a format from it (matplotlib,
+    imageio) still work, and starts with a dot so nothing globbing for results picks it up.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.stem}.{uuid.uuid4().hex[:8]}.partial{path.suffix}"
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
 def partial_sibling(path: str | Path) -> Path:
     """A fresh hidden ``.NAME.XXXXXXXX.partial`` path next to ``path`` (not created; the parent is)."""
     path = Path(path)

@@ -18,6 +18,7 @@ import draccus
 import numpy as np
 
 from vla.registry import lookup
+from vla.utils.atomic import atomic_file
 
 STATE_FILE = "action_tokenizer.json"
 
@@ -96,9 +97,8 @@ class ActionTokenizer(abc.ABC):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / STATE_FILE
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.state_dict()))
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            tmp.write_text(json.dumps(self.state_dict()))
         return path
 
 
