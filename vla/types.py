@@ -80,3 +80,4 @@ class Prefix:
     state: torch.Tensor | None = None  # (B, S) normalized state, for heads that condition on it directly
     state_mask: torch.Tensor | None = None  # (B, S) bool
     extras: dict = field(default_factory=dict)  # backbone-specific (e.g. a transformers cache for AR decoding)
+    next_pos: torch.Tensor | None = None  # (B,) rotary position of a token appended after the prefix

@@ -204,7 +204,7 @@ def test_flow_computes_prefix_once_per_sample():
     backbone = tiny_backbone("paligemma")
     batch = demo(2)
     head = build_head("flow", backbone)
-    assert head.needs_kv and head.num_layers == backbone.num_layers
+    assert head.needs_kv and len(head.expert.blocks) == backbone.num_layers
     calls: list[dict] = []
     velocity_calls = []
     original = head.velocity

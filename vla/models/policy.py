@@ -86,6 +86,11 @@ class PolicyConfig:
     temporal_ensemble_coeff: float | None = None  # ACT-style: predict every step, average overlapping chunks
     state_norm: str = "mean_std"  # mean_std | min_max | quantile
     action_norm: str = "mean_std"
+    # Widths the model is built for: the robot's state and actions are zero-padded to them (0: no padding).
+    # pi0, pi0.5 and SmolVLA use 32, so one checkpoint fits robots of any width up to 32 and the flow
+    # noise has the same shape (B, H, 32) as in LeRobot and openpi.
+    max_state_dim: int = 0
+    max_action_dim: int = 0
     inference_steps: int | None = None  # denoising / integration steps at sampling (head default when None)
     # Filled from the dataset by the trainer; stored so a checkpoint is self-contained.
     cameras: list[str] = field(default_factory=list)
@@ -101,6 +106,22 @@ class PolicyConfig:
             raise ValueError(f"policy.n_action_steps={self.n_action_steps} exceeds policy.chunk_size={self.chunk_size}")
         if self.temporal_ensemble_coeff is not None and self.n_action_steps != 1:
             raise ValueError("policy.temporal_ensemble_coeff needs policy.n_action_steps=1 (a new chunk every step)")
+        for name, dim, width in (
+            ("state", self.state_dim, self.max_state_dim),
+            ("action", self.action_dim, self.max_action_dim),
+        ):
+            if width and dim > width:
+                raise ValueError(f"policy.max_{name}_dim={width} is smaller than the dataset's {name} width {dim}")
+
+    @property
+    def model_state_dim(self) -> int:
+        """The state width the backbone/head are built for (after padding)."""
+        return self.max_state_dim or self.state_dim
+
+    @property
+    def model_action_dim(self) -> int:
+        """The action width the head predicts (after padding); chunks are cut back to ``action_dim``."""
+        return self.max_action_dim or self.action_dim
 
 
 class Policy(nn.Module):
@@ -112,8 +133,8 @@ class Policy(nn.Module):
                 f"got cameras={config.cameras}, state_dim={config.state_dim}, action_dim={config.action_dim}"
             )
         self.config = config
-        self.backbone = config.backbone.build(state_dim=config.state_dim, num_cameras=len(config.cameras))
-        self.head = config.head.build(self.backbone, config.chunk_size, config.action_dim)
+        self.backbone = config.backbone.build(state_dim=config.model_state_dim, num_cameras=len(config.cameras))
+        self.head = config.head.build(self.backbone, config.chunk_size, config.model_action_dim)
         modes = {"state": config.state_norm, "actions": config.action_norm}
         dims = {"state": config.state_dim, "actions": config.action_dim}
         # A mixture of embodiments keeps one normalizer per member ({"members": [...]}, selected per
@@ -140,28 +161,39 @@ class Policy(nn.Module):
     # ---- training -------------------------------------------------------------------------------
     def _prefix_fn(self, batch: dict) -> tuple[functools.partial, dict]:
         """Prepare inputs once; return a closure that runs the backbone (heads call it as they need)
-        and the normalized state, which heads conditioning on the state directly also receive."""
-        inputs = self.backbone.prepare_inputs(batch["images"], batch["image_mask"], batch["instruction"])
+        and the normalized state (zero-padded to the model's width), which heads conditioning on the
+        state directly also receive."""
         state = self._normalize("state", batch["state"].float(), batch.get("dataset_index"))
         state_mask = batch.get("state_mask")
         if state_mask is None:
             state_mask = torch.ones_like(state, dtype=torch.bool)
-        state = state * state_mask.to(state.dtype)
+        state = pad_last(state * state_mask.to(state.dtype), self.config.model_state_dim)
+        state_mask = pad_last(state_mask.bool(), self.config.model_state_dim)
+        inputs = self.backbone.prepare_inputs(
+            batch["images"], batch["image_mask"], batch["instruction"], state=state, state_mask=state_mask
+        )
         fn = functools.partial(self.backbone.encode, inputs, state, state_mask=state_mask, with_kv=self.head.needs_kv)
         return fn, {"state": state, "state_mask": state_mask}
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        """Loss on a canonical batch in raw units (see vla/types.py)."""
+        """Loss on a canonical batch in raw units (see vla/types.py).
+
+        ``batch["noise"]`` (B, H, model_action_dim) and ``batch["time"]`` (B,), when given, replace the
+        flow head's random draws: the same batch, noise and time give the same loss (parity tests).
+        """
         self._check_batch(batch, with_actions=True)
         actions = self._normalize("actions", batch["actions"].float(), batch.get("dataset_index"))  # (B, H, D)
         b, h, d = actions.shape
+        width = self.config.model_action_dim
         prefix_fn, state = self._prefix_fn(batch)
+        dim_mask = batch.get("action_dim_mask", torch.ones(b, d, dtype=torch.bool, device=actions.device))
         target = {
             **state,
-            "actions": actions,
+            "actions": pad_last(actions, width),
             "action_pad": batch.get("action_pad", torch.zeros(b, h, dtype=torch.bool, device=actions.device)),
-            "action_dim_mask": batch.get("action_dim_mask", torch.ones(b, d, dtype=torch.bool, device=actions.device)),
+            "action_dim_mask": pad_last(dim_mask.bool(), width),  # padded dims never reach the loss
         }
+        target.update({k: batch[k] for k in ("noise", "time") if batch.get(k) is not None})
         return self.head.loss(prefix_fn, target)
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -176,13 +208,15 @@ class Policy(nn.Module):
         num_steps: int | None = None,
         seed: int | list[int] | None = None,
         embodiment: int = 0,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Observation batch (images (B,N,3,H,W) float [0,1] or uint8, state (B,S), instruction) -> (B, H, D) raw units.
 
         ``seed``: an int makes stochastic heads (diffusion, flow) reproducible for the whole batch; a list
         of B ints gives each row its own initial noise, so a sample's chunk does not depend on which other
         samples share its batch (the evaluation runner relies on this across --num-envs). Without a seed,
-        fresh noise comes from the global RNG, as sampling should.
+        fresh noise comes from the global RNG, as sampling should. ``noise`` (B, H, model_action_dim)
+        gives the initial noise itself (the same noise as another stack, to compare chunks).
         """
         self._check_batch(observation, with_actions=False)
         obs = dict(observation)
@@ -195,11 +229,15 @@ class Policy(nn.Module):
         if seed is not None:
             rng = torch.random.fork_rng(devices=[images.device] if images.is_cuda else [])
         with rng:
-            noise = None
-            if isinstance(seed, list | tuple):
+            if noise is not None:
+                check_shape(
+                    "noise", noise, "B H D", B=images.shape[0], H=self.config.chunk_size, D=self.config.model_action_dim
+                )
+                noise = noise.to(images.device, torch.float32)
+            elif isinstance(seed, list | tuple):
                 if len(seed) != images.shape[0]:
                     raise ValueError(f"seed: expected {images.shape[0]} per-sample seeds, got {len(seed)}")
-                shape = (self.config.chunk_size, self.config.action_dim)
+                shape = (self.config.chunk_size, self.config.model_action_dim)
                 noise = torch.stack(
                     [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seed]
                 ).to(images.device)  # (B, H, D)
@@ -208,8 +246,9 @@ class Policy(nn.Module):
                 torch.manual_seed(seed)
             mark_step()  # a new chunk: outputs of earlier CUDA-graph replays are no longer read
             prefix_fn, state = self._prefix_fn(obs)
-            chunk = self.head.sample(prefix_fn, {**state, "noise": noise}, num_steps=steps)  # (B, H, D) normalized
-        return self.normalizers[embodiment].unnormalize("actions", chunk.float())
+            chunk = self.head.sample(prefix_fn, {**state, "noise": noise}, num_steps=steps)  # (B, H, Dw) normalized
+        chunk = chunk[..., : self.config.action_dim].float()  # padded action dims are not the robot's
+        return self.normalizers[embodiment].unnormalize("actions", chunk)
 
     def reset(self) -> None:
         """Forget queued actions (call at every episode start)."""
@@ -330,6 +369,13 @@ class Policy(nn.Module):
             "reinitialized": sorted(set(missing) | set(mismatched)),
             "unexpected": unexpected,
         }
+
+
+def pad_last(x: torch.Tensor, width: int) -> torch.Tensor:
+    """Zero-pad (False for bool) the last dim of ``x`` up to ``width`` (LeRobot's ``pad_vector``)."""
+    if x.shape[-1] >= width:
+        return x
+    return torch.nn.functional.pad(x, (0, width - x.shape[-1]))
 
 
 def _jsonable(stats: dict) -> dict:

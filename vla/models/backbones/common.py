@@ -15,6 +15,7 @@ and, for Qwen, how 3-D rotary positions are computed (``position_ids``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -24,10 +25,14 @@ from torch import nn
 from transformers import DynamicCache
 
 from vla.models.backbones.base import Backbone, BackboneConfig
+from vla.models.backbones.prompt import discretize_state, lookup_prompt
 from vla.shapes import check_shape
 from vla.types import Prefix
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# token: one prefix token projected from the state; head: the head reads it; prompt: written into the text (pi0.5)
+STATE_MODES = ("token", "head", "prompt")
+IMAGE_RESIZE_MODES = ("stretch", "pad", "pad_top_left")
 
 
 @dataclass
@@ -46,16 +51,37 @@ class VLMConfig(BackboneConfig):
     prefix_attention: str = ""
     image_size: int | None = None
     dtype: str | None = None  # "bfloat16", "float16", "float32"; None: float32 (presets) or the checkpoint's
+    # How the model sees its inputs. The defaults are the family's own; the pi0, pi0.5 and SmolVLA
+    # recipes set them to what LeRobot's ports of those models do (configs/experiments/*_finetune.yaml).
+    prompt: str = ""  # prompt format (vla/models/backbones/prompt.py): task | newline | pi05; "" = the family's
+    image_resize: str = (
+        "stretch"  # stretch (bicubic, antialiased) | pad (keep aspect, centred: pi0) | pad_top_left (SmolVLA)
+    )
+    position_offset: int | None = None  # rotary position of the first token; None = the family's (PaliGemma 1, else 0)
+    scale_embeddings: bool = False  # image features and text embeddings times sqrt(width), as SmolVLA feeds SmolVLM
+    rope_theta: float | None = None  # override the language model's rotary base (SmolVLA rotates with 10,000)
 
     def __post_init__(self):
         if self.dtype is not None and not isinstance(getattr(torch, self.dtype, None), torch.dtype):
             raise ValueError(f"dtype must name a torch dtype (e.g. 'bfloat16'), got {self.dtype!r}")
-        if self.state_mode not in ("token", "head"):
-            raise ValueError(f"state_mode must be 'token' or 'head', got {self.state_mode!r}")
+        if self.state_mode not in STATE_MODES:
+            raise ValueError(f"state_mode must be one of {', '.join(STATE_MODES)}, got {self.state_mode!r}")
         if self.prefix_attention not in ("", "bidirectional", "causal"):
             raise ValueError(f"prefix_attention must be '', 'bidirectional' or 'causal', got {self.prefix_attention!r}")
         if self.num_layers is not None and self.num_layers < 1:
             raise ValueError(f"num_layers must be >= 1 or None, got {self.num_layers}")
+        if self.image_resize not in IMAGE_RESIZE_MODES:
+            raise ValueError(f"image_resize must be one of {', '.join(IMAGE_RESIZE_MODES)}, got {self.image_resize!r}")
+        if self.prompt:
+            fmt = lookup_prompt(self.prompt)
+            if fmt.uses_state != (self.state_mode == "prompt"):
+                raise ValueError(
+                    f"prompt={self.prompt!r} {'writes' if fmt.uses_state else 'does not write'} the state into the "
+                    f"text, but state_mode={self.state_mode!r}: use state_mode='prompt' with a prompt that reads "
+                    "the state (pi05), and another state_mode otherwise"
+                )
+        elif self.state_mode == "prompt":
+            raise ValueError("state_mode='prompt' needs a prompt format that writes the state, e.g. prompt='pi05'")
 
 
 # ----------------------------------------------------------------------------- building
@@ -88,27 +114,47 @@ def load_pretrained(cfg: VLMConfig, **processor_kwargs):
 # ----------------------------------------------------------------------------- pure tensor helpers
 
 
-def resize_normalize(images: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """(M, 3, Hi, Wi) in [0, 1] -> (M, 3, size, size) normalized, on the images' device.
+def resize_images(images: torch.Tensor, size: int, mode: str = "stretch") -> torch.Tensor:
+    """(M, 3, Hi, Wi) in [0, 1] -> (M, 3, size, size) in [0, 1]; images already at that size pass unchanged.
 
-    Bicubic with antialiasing is what the torchvision backends of the HF image processors do;
-    the clamp mimics their uint8 round trip (bicubic overshoots).
+    ``stretch``: bicubic with antialiasing, what the torchvision backends of the HF image processors
+    do (the clamp mimics their uint8 round trip: bicubic overshoots). ``pad``: openpi's
+    ``resize_with_pad`` (pi0, pi0.5): bilinear to fit, aspect kept, black padding centred.
+    ``pad_top_left``: SmolVLA's variant, padding on the top and left.
     """
-    if images.shape[-2:] != (size, size):
-        dtype = images.dtype  # antialiased bicubic has no bf16 kernel on CPU: resize in fp32
-        images = F.interpolate(images.float(), size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-        images = images.clamp(0.0, 1.0).to(dtype)
-    return (images - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    if images.shape[-2:] == (size, size):
+        return images
+    dtype = images.dtype  # antialiased bicubic has no bf16 kernel on CPU: resize in fp32
+    images = images.float()
+    if mode == "stretch":
+        out = F.interpolate(images, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+        return out.clamp(0.0, 1.0).to(dtype)
+    h, w = images.shape[-2:]
+    ratio = max(w / size, h / size)
+    rh, rw = int(h / ratio), int(w / ratio)
+    out = F.interpolate(images, size=(rh, rw), mode="bilinear", align_corners=False).clamp(0.0, 1.0)
+    if mode == "pad":
+        top, left = (size - rh) // 2, (size - rw) // 2
+        pad = (left, size - rw - left, top, size - rh - top)
+    else:
+        pad = (size - rw, 0, size - rh, 0)
+    return F.pad(out, pad, value=0.0).to(dtype)
 
 
 def build_attention_mask(
-    prefix_mask: torch.Tensor, suffix_mask: torch.Tensor | None, bidirectional: bool, dtype: torch.dtype
+    prefix_mask: torch.Tensor,
+    suffix_mask: torch.Tensor | None,
+    bidirectional: bool,
+    dtype: torch.dtype,
+    causal_tail: int = 0,
 ) -> torch.Tensor:
     """Additive mask (B, 1, T, T), T = Tp + Ts: 0 where attention is allowed, dtype-min elsewhere.
 
     Prefix queries see real prefix keys (all of them if ``bidirectional``, else earlier ones);
-    suffix query i sees every real prefix key, earlier real suffix keys and itself. Every
-    token sees itself, so padded rows stay finite. Additive (not bool) so eager and sdpa agree.
+    the last ``causal_tail`` prefix tokens (the state token) are not seen by the tokens before
+    them but see them all, as pi0 and SmolVLA make the state a block of its own. Suffix
+    query i sees every real prefix key, earlier real suffix keys and itself. Every token sees
+    itself, so padded rows stay finite. Additive (not bool) so eager and sdpa agree.
     """
     B, Tp = prefix_mask.shape
     Ts = 0 if suffix_mask is None else suffix_mask.shape[1]
@@ -118,7 +164,8 @@ def build_attention_mask(
     key_real = prefix_mask if suffix_mask is None else torch.cat([prefix_mask, suffix_mask], 1)  # (B, T)
     allowed = key_real[:, None, :] & causal[None]  # (B, T, T)
     if bidirectional:
-        allowed[:, :Tp, :Tp] = prefix_mask[:, None, :].expand(B, Tp, Tp)
+        head = Tp - causal_tail
+        allowed[:, :head, :head] = prefix_mask[:, None, :head].expand(B, head, head)
     allowed |= torch.eye(T, dtype=torch.bool, device=prefix_mask.device)[None]
     out = torch.zeros(B, 1, T, T, dtype=dtype, device=prefix_mask.device)
     return out.masked_fill(~allowed[:, None], torch.finfo(dtype).min)
@@ -165,6 +212,22 @@ def enable_checkpointing(model: nn.Module) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+def rope_theta_of(text_config) -> float:
+    """The rotary base of a language-model config (transformers 5 keeps it in ``rope_parameters``)."""
+    params = getattr(text_config, "rope_parameters", None) or {}
+    return float(params.get("rope_theta", getattr(text_config, "rope_theta", 10_000.0)))
+
+
+def set_rope_theta(lm: nn.Module, text_config, theta: float) -> None:
+    """Give the language model another rotary base: the configs say so and the rotary module is rebuilt."""
+    for cfg in {id(c): c for c in (text_config, lm.config)}.values():
+        params = dict(getattr(cfg, "rope_parameters", None) or {"rope_type": "default"})
+        params["rope_theta"] = float(theta)
+        cfg.rope_parameters = params
+    device = lm.rotary_emb.inv_freq.device
+    lm.rotary_emb = type(lm.rotary_emb)(config=lm.config, device=device)
+
+
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
@@ -197,7 +260,7 @@ class VLMBackbone(Backbone):
         image_token_id: int,
         camera_ids: list[int],
         text_prefix_ids: list[int],
-        text_suffix_ids: list[int],
+        default_prompt: str,
         bidirectional_default: bool,
         position_offset: int = 0,
     ):
@@ -212,15 +275,17 @@ class VLMBackbone(Backbone):
         self.image_size = image_size
         self.image_token_id = image_token_id
         self.camera_ids = list(camera_ids)
-        self.text_prefix_ids = list(text_prefix_ids)
-        self.text_suffix_ids = list(text_suffix_ids)
-        self.position_offset = position_offset
+        self.text_prefix_ids = list(text_prefix_ids)  # tokens the tokenizer itself would add (PaliGemma's BOS)
+        self.prompt = lookup_prompt(cfg.prompt or default_prompt)
+        self.position_offset = position_offset if cfg.position_offset is None else cfg.position_offset
         self.bidirectional_prefix = (
             bidirectional_default if not cfg.prefix_attention else cfg.prefix_attention == "bidirectional"
         )
-        budget = cfg.max_text_tokens - len(self.text_prefix_ids) - len(self.text_suffix_ids)
-        if budget < 1:
+        if cfg.max_text_tokens - len(self.text_prefix_ids) < 1:
             raise ValueError(f"max_text_tokens={cfg.max_text_tokens} leaves no room for the instruction")
+        if cfg.rope_theta is not None:
+            set_rope_theta(lm, text_config, cfg.rope_theta)
+        self.rope_theta = rope_theta_of(lm.config)
         self.width = text_config.hidden_size
         self.num_heads = text_config.num_attention_heads
         self.num_kv_heads = text_config.num_key_value_heads
@@ -251,7 +316,7 @@ class VLMBackbone(Backbone):
 
     # ------------------------------------------------------------------ contract
 
-    def prepare_inputs(self, images, image_mask, instruction):
+    def prepare_inputs(self, images, image_mask, instruction, state=None, state_mask=None):
         dims = check_shape("images", images, "B N 3 Hi Wi")
         check_shape("image_mask", image_mask, "B N", B=dims["B"], N=dims["N"])
         if len(instruction) != dims["B"]:
@@ -260,13 +325,15 @@ class VLMBackbone(Backbone):
         image_mask = image_mask.bool()
         images = images * image_mask[:, :, None, None, None].to(images.dtype)  # missing camera -> black image
         flat = rearrange(images, "b n c h w -> (b n) c h w")
-        pixels = resize_normalize(flat, self.image_size, self.image_mean, self.image_std)  # (B*N, 3, S, S)
+        flat = resize_images(flat, self.image_size, self.cfg.image_resize)
+        pixels = (flat - self.image_mean.view(1, -1, 1, 1)) / self.image_std.view(1, -1, 1, 1)  # (B*N, 3, S, S)
         inputs = self.pixel_inputs(pixels)
 
-        budget = self.cfg.max_text_tokens - len(self.text_prefix_ids) - len(self.text_suffix_ids)
         text_ids, text_mask = [], []
-        for words in self.tokenizer(list(instruction), add_special_tokens=False)["input_ids"]:
-            text = self.text_prefix_ids + words[:budget] + self.text_suffix_ids
+        for words in self.tokenizer(self.prompts(instruction, state, state_mask), add_special_tokens=False)[
+            "input_ids"
+        ]:
+            text = (self.text_prefix_ids + words)[: self.cfg.max_text_tokens]
             pad = self.cfg.max_text_tokens - len(text)
             text_ids.append(text + [self.pad_id] * pad)
             text_mask.append([True] * len(text) + [False] * pad)
@@ -275,6 +342,16 @@ class VLMBackbone(Backbone):
         inputs["input_ids"] = torch.cat([cam_ids, torch.tensor(text_ids, device=device)], 1)  # (B, T0)
         inputs["attention_mask"] = torch.cat([cam_mask, torch.tensor(text_mask, device=device)], 1)  # (B, T0)
         return inputs
+
+    def prompts(self, instruction: list[str], state=None, state_mask=None) -> list[str]:
+        """The text of each sample, in the backbone's prompt format (the state, normalized, if it reads it)."""
+        if not self.prompt.uses_state:
+            return [self.prompt.render(task, None) for task in instruction]
+        if state is None:
+            raise ValueError(f"state_mode='prompt' ({self.cfg.prompt}): prepare_inputs needs the normalized state")
+        check_shape("state", state, "B S", B=len(instruction))
+        states = discretize_state(state, state_mask)
+        return [self.prompt.render(task, s) for task, s in zip(instruction, states, strict=True)]
 
     def encode(
         self,
@@ -299,6 +376,8 @@ class VLMBackbone(Backbone):
                 f"but the vision tower gave {tuple(feats.shape)}"
             )
         x = x.masked_scatter((ids == self.image_token_id)[..., None], feats)  # camera-major, token order
+        if self.cfg.scale_embeddings:
+            x = x * math.sqrt(self.width)
 
         if state is not None:
             check_shape("state", state, "B S", B=B, S=self.state_dim)
@@ -327,7 +406,8 @@ class VLMBackbone(Backbone):
             next_pos = next_pos + Ts
             full_mask = torch.cat([mask, s_mask], 1)
 
-        attn = build_attention_mask(mask, s_mask, self.bidirectional_prefix, x.dtype)
+        state_tokens = 1 if self.state_proj is not None else 0
+        attn = build_attention_mask(mask, s_mask, self.bidirectional_prefix, x.dtype, causal_tail=state_tokens)
         checkpointing = self.training and any(
             getattr(layer, "gradient_checkpointing", False) for layer in self.lm.layers
         )
@@ -346,7 +426,7 @@ class VLMBackbone(Backbone):
                 keys = [layer.keys for layer in cache.layers]  # L x (B, K, T, Dh)
                 values = [layer.values for layer in cache.layers]
         extras = {"cache": cache, "kv_mask": full_mask, "next_pos": next_pos} if use_cache else {}
-        return Prefix(out.last_hidden_state, full_mask, keys, values, state, state_mask, extras)
+        return Prefix(out.last_hidden_state, full_mask, keys, values, state, state_mask, extras, next_pos=next_pos)
 
     def _forward_recording_kv(self, x, attn, pos):
         """LM forward that also returns per-layer K/V (after rotary), without a cache.

@@ -144,8 +144,8 @@ class PaliGemmaBackbone(VLMBackbone):
             image_std=list(ip.image_std),
             image_token_id=processor.image_token_id,
             camera_ids=[processor.image_token_id] * processor.image_seq_length,
-            text_prefix_ids=[tok.bos_token_id],
-            text_suffix_ids=tok("\n", add_special_tokens=False)["input_ids"],
+            text_prefix_ids=[tok.bos_token_id],  # what Gemma's tokenizer adds itself
+            default_prompt="newline",  # PaliGemma's prompt format: "<bos>instruction\n"
             bidirectional_default=True,
             position_offset=1,  # PaliGemma positions are 1-indexed
         )

@@ -192,7 +192,7 @@ class Qwen2_5_VLBackbone(VLMBackbone):
             image_token_id=processor.image_token_id,
             camera_ids=[start] + [processor.image_token_id] * n + [end],
             text_prefix_ids=[],
-            text_suffix_ids=[],
+            default_prompt="task",
             bidirectional_default=False,
         )
         self.patch_size, self.merge_size, self.temporal_patch = ip.patch_size, ip.merge_size, ip.temporal_patch_size

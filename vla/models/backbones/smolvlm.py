@@ -107,7 +107,13 @@ def smolvlm_processor(image_size: int, patch_size: int, scale_factor: int) -> Sm
 @BackboneConfig.register_subclass("smolvlm")
 @dataclass
 class SmolVLMBackboneConfig(VLMConfig):
-    """SmolVLM backbone. Presets: ``tiny``, ``smolvlm2-500m``; or ``pretrained`` (hub id / local dir)."""
+    """SmolVLM backbone. Presets: ``tiny``, ``smolvlm2-500m``; or ``pretrained`` (hub id / local dir).
+
+    ``image_special_tokens``: wrap each camera's image tokens in ``<fake_token_around_image><global-img>
+    ... <fake_token_around_image>`` as SmolVLM's processor does; SmolVLA feeds the image tokens alone.
+    """
+
+    image_special_tokens: bool = True
 
     def build(self, state_dim: int, num_cameras: int) -> SmolVLMBackbone:
         if self.pretrained:
@@ -148,9 +154,11 @@ class SmolVLMBackbone(VLMBackbone):
             image_mean=list(ip.image_mean),
             image_std=list(ip.image_std),
             image_token_id=processor.image_token_id,
-            camera_ids=[fake, glob] + [processor.image_token_id] * processor.image_seq_len + [fake],
+            camera_ids=[fake, glob] * cfg.image_special_tokens
+            + [processor.image_token_id] * processor.image_seq_len
+            + [fake] * cfg.image_special_tokens,
             text_prefix_ids=[],
-            text_suffix_ids=[],
+            default_prompt="task",
             bidirectional_default=False,
         )
 

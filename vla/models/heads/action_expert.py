@@ -37,6 +37,7 @@ class ActionExpertConfig:
     adaln: bool = False
     cond_dim: int = 0  # width of the adaLN conditioning vector when adaln
     context_width: int = 0  # >0: blocks project a context hidden (B, T, Wc) to keys/values themselves
+    ffn: int | None = None  # MLP width; None: width * mlp_ratio
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
@@ -90,7 +91,7 @@ class ExpertBlock(nn.Module):
         self.k = nn.Linear(w, cfg.num_kv_heads * dh)
         self.v = nn.Linear(w, cfg.num_kv_heads * dh)
         self.o = nn.Linear(cfg.num_heads * dh, w)
-        hidden = int(w * cfg.mlp_ratio)
+        hidden = cfg.ffn or int(w * cfg.mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(w, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, w))
         if cfg.context_width:
             self.ctx_k = nn.Linear(cfg.context_width, cfg.num_kv_heads * dh)
@@ -105,7 +106,7 @@ class ExpertBlock(nn.Module):
         x: torch.Tensor,  # (B, A, We)
         ctx_k: torch.Tensor,  # (B, K, T, Dh)
         ctx_v: torch.Tensor,  # (B, K, T, Dh)
-        attn_mask: torch.Tensor,  # (B, 1, 1, T + A) bool, True = may attend
+        attn_mask: torch.Tensor,  # (B, 1, 1 or A, T + A) bool, True = may attend
         cond: torch.Tensor | None,  # (B, cond_dim)
     ) -> torch.Tensor:
         if self.cfg.adaln:
@@ -155,6 +156,7 @@ class ActionExpert(nn.Module):
         context_kv: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,  # L x (B, K, T, Dh) each
         context: torch.Tensor | None = None,  # (B, T, Wc)
         cond: torch.Tensor | None = None,  # (B, cond_dim)
+        self_mask: torch.Tensor | None = None,  # (A, A) bool, who sees whom among the tokens; None: everyone
     ) -> torch.Tensor:
         b, a, _ = x.shape
         if a > self.cfg.max_tokens:
@@ -166,8 +168,12 @@ class ActionExpert(nn.Module):
         if self.cfg.adaln and cond is None:
             raise ValueError("action expert: adaln needs cond (B, cond_dim)")
         x = x + self.pos[:a].to(x.dtype)
-        own = torch.ones(b, a, dtype=torch.bool, device=x.device)
-        attn_mask = torch.cat([context_mask.to(torch.bool), own], dim=1)[:, None, None, :]  # (B, 1, 1, T + A)
+        if self_mask is None:
+            own = torch.ones(b, a, dtype=torch.bool, device=x.device)
+            attn_mask = torch.cat([context_mask.to(torch.bool), own], dim=1)[:, None, None, :]  # (B, 1, 1, T + A)
+        else:
+            ctx = context_mask.to(torch.bool)[:, None, :].expand(b, a, -1)  # (B, A, T)
+            attn_mask = torch.cat([ctx, self_mask.to(x.device)[None].expand(b, a, a)], dim=2)[:, None]  # (B,1,A,T+A)
         if context is not None:
             context = context.to(x.dtype)
         for i, block in enumerate(self.blocks):

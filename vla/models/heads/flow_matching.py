@@ -1,56 +1,76 @@
-"""pi0-style flow matching: an action expert that reads the VLM layer by layer.
+"""Flow matching (pi0, pi0.5, SmolVLA): an action expert that reads the VLM layer by layer.
 
-The expert has as many layers as the backbone's language model; expert layer i attends
-to [VLM layer i's keys/values over the prefix ; the expert's own tokens]. Its query heads,
-kv heads and head_dim equal the VLM's (so the prefix K/V plug in without projection)
-while its width is smaller (``expert_width``, half the VLM's by default; pi0: 1024 vs 2048).
+The expert (a registered style, ``expert.type``: ``dit``, ``gemma``, ``smolvla``; see
+``heads/experts``) has as many layers as the backbone's language model; expert layer i reads
+VLM layer i's keys/values over the prefix. Its query heads, kv heads and head_dim equal the
+VLM's while its width is its own (``expert_width``, half the VLM's by default; pi0: 1024 vs 2048).
 
 Time convention (openpi's code, the reverse of the pi0 paper): t = 1 is pure noise,
 t = 0 is data. x_t = t * noise + (1 - t) * actions, the target velocity is
 u = dx_t/dt = noise - actions, and sampling integrates from t = 1 to t = 0 with Euler
-steps of dt = -1 / num_steps. Training times follow Beta(1.5, 1) (noisier times more
-often). Time enters as in pi0: a sinusoidal embedding concatenated to each action
-token's embedding and mixed by an MLP.
+steps of dt = -1 / num_steps. Training times follow 0.001 + 0.999 Beta(1.5, 1) (noisier
+times more often). Time enters in one of two ways (``time_conditioning``):
+
+- ``concat`` (pi0, SmolVLA): a sinusoidal embedding concatenated to each action token's
+  embedding, mixed by an MLP (``time_mlp_in`` on 2W, SiLU, ``time_mlp_out``);
+- ``adaptive`` (pi0.5): the action tokens are ``action_in(x_t)`` alone and the embedding goes
+  through ``time_mlp_in``, SiLU, ``time_mlp_out``, SiLU into a conditioning vector that drives
+  the expert's adaptive norms.
 
 The prefix (and its per-layer K/V) is computed once per ``sample`` call and reused at
 every integration step; all loop state lives in local variables.
 
-State: when the backbone hands the state to the head (``state_mode="head"``) one extra
-state token precedes the action tokens (pi0's state token).
+State: when the backbone hands the state to the head (``state_mode="head"``, pi0) one state
+token precedes the action tokens, as a block of its own (it does not see the actions). The
+actions attend to each other bidirectionally (pi0) or causally (``action_attention=causal``,
+SmolVLA).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vla.models.compile import mark_step
-from vla.models.heads.action_expert import (
-    ActionExpert,
-    ActionExpertConfig,
-    StateToken,
-    action_weights,
-    head_state_dim,
-    masked_mean,
-    prepend_state,
-)
+from vla.models.heads.action_expert import StateToken, action_weights, head_state_dim, masked_mean, prepend_state
 from vla.models.heads.base import Head, HeadConfig
+from vla.models.heads.experts import ExpertConfig, suffix_self_mask
 from vla.models.heads.timesteps import sample_beta_time, sinusoidal_embedding
 from vla.shapes import check_shape
 from vla.types import Prefix
 
 
+def _default_expert() -> ExpertConfig:
+    return ExpertConfig.get_choice_class("dit")()
+
+
 @HeadConfig.register_subclass("flow")
 @dataclass
 class FlowMatchingConfig(HeadConfig):
+    expert: ExpertConfig = field(default_factory=_default_expert)  # dit | gemma (pi0, pi0.5) | smolvla
     expert_width: int | None = None  # None: half the backbone's width
+    expert_ffn: int | None = (
+        None  # the expert's MLP width; None: the style's default (mlp_ratio x width for dit, gemma)
+    )
     mlp_ratio: float = 4.0
+    time_conditioning: str = "concat"  # concat (pi0, SmolVLA) | adaptive (pi0.5: adaptive norms)
+    action_attention: str = "bidirectional"  # among action tokens: bidirectional (pi0) | causal (SmolVLA)
     num_steps: int = 10  # Euler steps at sampling
-    time_alpha: float = 1.5  # training times ~ Beta(time_alpha, time_beta)
+    time_alpha: float = 1.5  # training times ~ 0.001 + 0.999 Beta(time_alpha, time_beta)
     time_beta: float = 1.0
+
+    def __post_init__(self):
+        if self.time_conditioning not in ("concat", "adaptive"):
+            raise ValueError(
+                f"flow head: time_conditioning must be 'concat' or 'adaptive', got {self.time_conditioning!r}"
+            )
+        if self.action_attention not in ("bidirectional", "causal"):
+            raise ValueError(
+                f"flow head: action_attention must be 'bidirectional' or 'causal', got {self.action_attention!r}"
+            )
 
     def build(self, backbone, horizon: int, action_dim: int) -> FlowMatchingHead:
         return FlowMatchingHead(self, backbone, horizon, action_dim)
@@ -66,38 +86,41 @@ class FlowMatchingHead(Head):
         if width % 2:
             raise ValueError(f"flow head: expert_width must be even (sinusoidal time features), got {width}")
         self.width = width
-        self.num_layers = backbone.num_layers
-        self.expert = ActionExpert(
-            ActionExpertConfig(
-                width=width,
-                num_layers=backbone.num_layers,
-                num_heads=backbone.num_heads,
-                num_kv_heads=backbone.num_kv_heads,
-                head_dim=backbone.head_dim,
-                mlp_ratio=cfg.mlp_ratio,
-                max_tokens=horizon + 1,
-            )
-        )
+        self.adaptive = cfg.time_conditioning == "adaptive"
         state_dim = head_state_dim(backbone)
+        self.expert = cfg.expert.build(
+            backbone,
+            width=width,
+            ffn=cfg.expert_ffn or cfg.expert.default_ffn(width, cfg.mlp_ratio),
+            max_tokens=horizon + (1 if state_dim else 0),
+            adaptive=self.adaptive,
+        )
         self.state_token = StateToken(state_dim, width) if state_dim else None
         self.action_in = nn.Linear(action_dim, width)
-        self.time_mlp_in = nn.Linear(2 * width, width)  # pi0: action_time_mlp_in on [action ; time]
+        # concat: pi0's action_time_mlp_in on [action ; time]; adaptive: pi0.5's time_mlp_in on time alone
+        self.time_mlp_in = nn.Linear(width if self.adaptive else 2 * width, width)
         self.time_mlp_out = nn.Linear(width, width)
         self.action_out = nn.Linear(width, action_dim)
+        self.register_buffer(
+            "self_mask",
+            suffix_self_mask(1 if state_dim else 0, horizon, cfg.action_attention == "causal"),
+            persistent=False,
+        )
 
     def velocity(self, prefix: Prefix, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Noisy chunk (B, H, D) at times t (B,) -> predicted velocity (B, H, D)."""
-        if prefix.keys is None or prefix.values is None:
-            raise ValueError("flow head: prefix has no keys/values; call prefix_fn(with_kv=True)")
-        if len(prefix.keys) != self.num_layers:
-            raise ValueError(f"flow head: prefix has {len(prefix.keys)} K/V layers, expert has {self.num_layers}")
         dtype = self.action_in.weight.dtype
         tokens = self.action_in(x_t.to(dtype))  # (B, H, We)
-        t_emb = sinusoidal_embedding(t, self.width).to(dtype)[:, None, :].expand_as(tokens)  # (B, H, We)
-        tokens = self.time_mlp_out(F.silu(self.time_mlp_in(torch.cat([tokens, t_emb], dim=-1))))  # (B, H, We)
+        t_emb = sinusoidal_embedding(t, self.width).to(dtype)  # (B, We)
+        cond = None
+        if self.adaptive:
+            cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(t_emb))))  # (B, We)
+        else:
+            t_emb = t_emb[:, None, :].expand_as(tokens)  # (B, H, We)
+            tokens = self.time_mlp_out(F.silu(self.time_mlp_in(torch.cat([tokens, t_emb], dim=-1))))  # (B, H, We)
         tokens = prepend_state(self.state_token, prefix, tokens)
-        out = self.expert(tokens, prefix.mask, context_kv=(prefix.keys, prefix.values))  # (B, [1+]H, We)
-        return self.action_out(out[:, -self.horizon :]).float()  # (B, H, D)
+        out = self.expert.run_suffix(tokens, prefix, self.self_mask, cond)  # (B, [1+]H, We)
+        return self.action_out(out[:, -self.horizon :].to(self.action_out.weight.dtype)).float()  # (B, H, D)
 
     def loss(self, prefix_fn, batch: dict) -> tuple[torch.Tensor, dict]:
         actions = batch["actions"].float()
@@ -105,8 +128,13 @@ class FlowMatchingHead(Head):
         weights = action_weights(batch, actions)
         actions = actions * weights  # padded entries -> 0, so their values never reach the expert's input
         prefix = prefix_fn(with_kv=True)
-        noise = torch.randn_like(actions)
-        t = sample_beta_time(b, self.cfg.time_alpha, self.cfg.time_beta, device=actions.device)  # (B,)
+        noise = batch.get("noise")  # given (B, H, D) to reproduce a loss, else drawn here
+        noise = torch.randn_like(actions) if noise is None else check_noise(noise, actions)
+        t = batch.get("time")  # (B,)
+        if t is None:
+            t = sample_beta_time(b, self.cfg.time_alpha, self.cfg.time_beta, device=actions.device)
+        t = t.to(actions.device, torch.float32)
+        check_shape("time", t, "B", B=b)
         x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions  # (B, H, D)
         target = noise - actions  # velocity dx_t/dt
         err = (self.velocity(prefix, x_t, t) - target) ** 2
@@ -123,9 +151,18 @@ class FlowMatchingHead(Head):
         x = batch.get("noise")  # (B, H, D) given per sample by the caller, or drawn here
         if x is None:
             x = torch.randn(b, self.horizon, self.action_dim, device=device)  # t = 1: noise
+        x = x.to(device, torch.float32)
         dt = -1.0 / steps
         for i in range(steps):
             mark_step()  # compiled with CUDA graphs: the previous step's block outputs are dead
             t = torch.full((b,), 1.0 + i * dt, device=device)
             x = x + dt * self.velocity(prefix, x, t)
         return x  # t = 0: actions (B, H, D)
+
+
+def check_noise(noise: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    if noise.shape != actions.shape:
+        raise ValueError(
+            f"noise: expected the shape of the (padded) actions {tuple(actions.shape)}, got {tuple(noise.shape)}"
+        )
+    return noise.to(actions.device, actions.dtype)

@@ -17,14 +17,18 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, min_period: float = 4e-3, ma
     The default periods (pi0's) suit t in [0, 1]; the diffusion head therefore feeds its
     integer timestep as ``t / num_train_timesteps``. (A period under 2 would alias on
     integer inputs: sin(2*pi*t) is 0 for every integer t.)
+
+    Computed in float64 (where the device has it) and returned in float32, as openpi and LeRobot
+    do: pi0's periods span three orders of magnitude, and float32 angles would differ from theirs.
     """
     if dim % 2:
         raise ValueError(f"sinusoidal_embedding: dim must be even, got {dim}")
-    t = t.float().reshape(-1)  # (B,)
-    fraction = torch.linspace(0.0, 1.0, dim // 2, device=t.device, dtype=torch.float32)
+    wide = torch.float32 if t.device.type == "mps" else torch.float64
+    t = t.reshape(-1)  # (B,)
+    fraction = torch.linspace(0.0, 1.0, dim // 2, device=t.device, dtype=wide)
     period = min_period * (max_period / min_period) ** fraction  # (dim/2,)
-    angle = t[:, None] * (2 * math.pi / period)[None, :]  # (B, dim/2)
-    return torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1)  # (B, dim)
+    angle = (1.0 / period * 2 * math.pi)[None, :] * t[:, None].to(wide)  # (B, dim/2)
+    return torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1).float()  # (B, dim)
 
 
 def sample_beta_time(
