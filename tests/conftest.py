@@ -99,3 +99,21 @@ def copy_dataset(tmp_path):
         return dst
 
     return _copy
+
+
+@pytest.fixture
+def serve_and_infer():
+    """``serve_and_infer(checkpoint, obs) -> actions``: load the checkpoint as `vla serve` does, start a
+    loopback server, and ask it once with the real openpi client (the keys the dataset used)."""
+
+    def _run(checkpoint: Path, obs: dict) -> np.ndarray:
+        from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+        from vla.models.policy import Policy
+        from vla.serve.server import PolicyServer, ServeConfig, ServerThread
+
+        cfg = ServeConfig(checkpoint=str(checkpoint), host="127.0.0.1", port=0, device="cpu")
+        with ServerThread(PolicyServer(Policy.load(checkpoint), cfg)) as thread:
+            return WebsocketClientPolicy(host="127.0.0.1", port=thread.port).infer(obs)["actions"]
+
+    return _run

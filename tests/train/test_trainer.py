@@ -68,6 +68,38 @@ def test_single_process_training_writes_contract_outputs(metaworld_layout_datase
     assert policy.predict_chunk(obs).shape == (2, 4, 4)
 
 
+@pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")
+def test_checkpoint_loads_offline_after_its_pretrained_dir_is_gone(metaworld_layout_dataset, tmp_path, serve_and_infer):
+    """A backbone from a local ``pretrained=`` directory; the directory is deleted after two training
+    steps, and the checkpoint still loads (model config and processor saved inside it) and serves."""
+    import shutil
+
+    import numpy as np
+
+    from vla.models.backbones import BackboneConfig
+
+    vlm = tmp_path / "my_vlm"
+    BackboneConfig.get_choice_class("smolvlm")(preset="tiny").build(state_dim=4, num_cameras=2).save_pretrained(vlm)
+    out = tmp_path / "run"
+    args = ["train", f"--dataset.root={metaworld_layout_dataset}", "--train.steps=2", "--train.batch_size=2"]
+    r = run_vla(
+        [*args, f"--output_dir={out}", *TINY, "--policy.backbone.preset=tiny", f"--policy.backbone.pretrained={vlm}"]
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    shutil.rmtree(vlm)
+    ckpt = out / "checkpoints" / "last"
+    assert (ckpt / "backbone" / "config.json").is_file() and list((ckpt / "backbone").glob("tokenizer*"))
+    rng = np.random.default_rng(0)
+    obs = {
+        "observation.images.image": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
+        "observation.images.wrist": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
+        "observation.state": rng.normal(size=4).astype(np.float32),
+        "prompt": "reach the goal",
+    }
+    actions = serve_and_infer(ckpt, obs)
+    assert actions.shape == (4, 4) and np.isfinite(actions).all()
+
+
 def test_bad_inputs_give_named_errors(tmp_path):
     r = run_vla(["train", f"--dataset.root={tmp_path / 'nope'}", f"--output_dir={tmp_path / 'o'}"])
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr

@@ -15,7 +15,7 @@ from vla.cli.common import friendly_errors
 
 
 def export_checkpoint(ckpt: Path, out: Path, ema: bool = False, from_zero: bool = False) -> Path:
-    from vla.models.policy import Policy
+    from vla.models.policy import Policy, architecture_of
 
     ckpt = Path(ckpt).resolve()
     if ema:
@@ -36,7 +36,7 @@ def export_checkpoint(ckpt: Path, out: Path, ema: bool = False, from_zero: bool 
         sd = get_fp32_state_dict_from_zero_checkpoint(str(state_dir), tag=zero_dirs[0].name)
         config = Policy.load_config(ckpt)
         stats = json.loads((ckpt / "stats.json").read_text())
-        policy = Policy(config, stats)
+        policy = Policy(config, stats, architecture=architecture_of(ckpt))
         policy.load_weights(sd, source=state_dir, strict=True)
     return policy.save(out)
 

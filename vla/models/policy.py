@@ -42,6 +42,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 STATS_FILE = "stats.json"
 HEAD_DIR = "head"
+BACKBONE_DIR = "backbone"  # the VLM's model config and processor: a checkpoint rebuilds offline from its own folder
 
 
 def _default_backbone() -> BackboneConfig:
@@ -125,7 +126,8 @@ class PolicyConfig:
 
 
 class Policy(nn.Module):
-    def __init__(self, config: PolicyConfig, stats: dict | None = None):
+    def __init__(self, config: PolicyConfig, stats: dict | None = None, architecture: str | Path | None = None):
+        """``architecture``: a checkpoint's ``backbone/`` folder to rebuild the VLM from (no hub, no preset)."""
         super().__init__()
         if not config.cameras or config.state_dim <= 0 or config.action_dim <= 0:
             raise ValueError(
@@ -133,7 +135,12 @@ class Policy(nn.Module):
                 f"got cameras={config.cameras}, state_dim={config.state_dim}, action_dim={config.action_dim}"
             )
         self.config = config
-        self.backbone = config.backbone.build(state_dim=config.model_state_dim, num_cameras=len(config.cameras))
+        self.backbone = config.backbone.build(
+            state_dim=config.model_state_dim,
+            num_cameras=len(config.cameras),
+            architecture=str(architecture) if architecture is not None else None,
+        )
+        config.backbone.image_size = self.backbone.image_size  # the config then describes the model it built
         self.head = config.head.build(self.backbone, config.chunk_size, config.model_action_dim)
         modes = {"state": config.state_norm, "actions": config.action_norm}
         dims = {"state": config.state_dim, "actions": config.action_dim}
@@ -315,6 +322,7 @@ class Policy(nn.Module):
             seen.add(key)
             tensors[k] = v.detach().contiguous().cpu()
         save_file(tensors, str(directory / WEIGHTS_FILE))
+        self.backbone.save_architecture(directory / BACKBONE_DIR)
         (directory / CONFIG_FILE).write_text(json.dumps(to_dict(self.config), indent=2))
         (directory / STATS_FILE).write_text(json.dumps(self.stats, indent=2))
         if getattr(getattr(self.head, "tokenizer", None), "is_fitted", False):  # FAST: the fitted tokenizer
@@ -333,13 +341,15 @@ class Policy(nn.Module):
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Policy:
         """One call: config, statistics, head extras and weights; shapes must match exactly.
 
+        Offline: the VLM is rebuilt from the checkpoint's own ``backbone/`` folder (model config and
+        processor), never from the hub id or directory it was first loaded from.
         ``device="auto"``: the GPU when there is one."""
         path = Path(path)
         config = cls.load_config(path)
         stats = json.loads((path / STATS_FILE).read_text())
         device = resolve_device(device)
         with torch.device(device):  # random init straight on the GPU: a 3B model takes minutes on the CPU
-            policy = cls(config, stats)
+            policy = cls(config, stats, architecture=architecture_of(path))
         if (path / HEAD_DIR).is_dir():
             policy.head.load_tokenizer(path / HEAD_DIR)
         policy.load_weights(load_file(str(path / WEIGHTS_FILE)), source=path / WEIGHTS_FILE, strict=True)
@@ -369,6 +379,12 @@ class Policy(nn.Module):
             "reinitialized": sorted(set(missing) | set(mismatched)),
             "unexpected": unexpected,
         }
+
+
+def architecture_of(checkpoint: str | Path) -> Path | None:
+    """A checkpoint's saved VLM architecture (``backbone/``), or None for checkpoints written before it existed."""
+    path = Path(checkpoint) / BACKBONE_DIR
+    return path if path.is_dir() else None
 
 
 def pad_last(x: torch.Tensor, width: int) -> torch.Tensor:

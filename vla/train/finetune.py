@@ -12,7 +12,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from vla.models.policy import WEIGHTS_FILE, Policy, PolicyConfig
+from vla.models.policy import WEIGHTS_FILE, Policy, PolicyConfig, architecture_of
 
 # Training-side options the user may change when fine-tuning; everything else is architecture.
 USER_BACKBONE_OPTIONS = ("freeze_vision", "freeze_vlm", "lora_rank", "lora_alpha", "gradient_checkpointing")
@@ -31,7 +31,7 @@ def init_from_checkpoint(path: str | Path, user_cfg: PolicyConfig, stats: dict) 
         setattr(cfg, key, getattr(user_cfg, key))
     for key in USER_BACKBONE_OPTIONS:
         setattr(cfg.backbone, key, getattr(user_cfg.backbone, key))
-    policy = Policy(cfg, stats)
+    policy = Policy(cfg, stats, architecture=architecture_of(path))
     if same_robot and (path / "head").is_dir():  # FAST: the action space is unchanged, keep its tokenizer
         policy.head.load_tokenizer(path / "head")
     report = policy.load_weights(load_file(str(path / WEIGHTS_FILE)), source=path, strict=False)

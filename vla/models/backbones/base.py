@@ -35,7 +35,7 @@ class BackboneConfig(draccus.ChoiceRegistry):
     lora_rank: int = 0  # >0: LoRA adapters on the language model through peft
     lora_alpha: int = 16
     gradient_checkpointing: bool = False
-    state_mode: str = "token"  # "token": state projected into one prefix token; "head": passed to the head only
+    state_mode: str = "token"  # token: one prefix token; head: passed to the head only; prompt: written into the text
     max_text_tokens: int = 48
     attn_implementation: str = "sdpa"
 
@@ -43,7 +43,9 @@ class BackboneConfig(draccus.ChoiceRegistry):
     def type(self) -> str:
         return self.get_choice_name(self.__class__)
 
-    def build(self, state_dim: int, num_cameras: int) -> Backbone:
+    def build(self, state_dim: int, num_cameras: int, architecture: str | None = None) -> Backbone:
+        """The backbone; ``architecture`` (a checkpoint's ``backbone/`` folder: model config and
+        processor, no weights) rebuilds a saved model offline, whatever preset or hub id made it."""
         raise TypeError(f"{type(self).__name__} must implement build()")
 
 

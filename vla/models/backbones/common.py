@@ -87,7 +87,7 @@ class VLMConfig(BackboneConfig):
 # ----------------------------------------------------------------------------- building
 
 
-def instantiate(cfg: VLMConfig, model_cls: type, config) -> nn.Module:
+def instantiate(cfg: VLMConfig, model_cls: type, config, dtype: str | None = None) -> nn.Module:
     """Random-weight model from a config, on ``init_device`` or else the ambient default device.
 
     (Scale presets once defaulted to ``meta``, which made ``vla bench --scale pi0`` and training
@@ -96,14 +96,24 @@ def instantiate(cfg: VLMConfig, model_cls: type, config) -> nn.Module:
     device = cfg.init_device or torch.get_default_device()
     with torch.device(device):
         return model_cls._from_config(
-            config, attn_implementation=cfg.attn_implementation, dtype=getattr(torch, cfg.dtype or "float32")
+            config, attn_implementation=cfg.attn_implementation, dtype=getattr(torch, cfg.dtype or dtype or "float32")
         )
 
 
-def load_pretrained(cfg: VLMConfig, **processor_kwargs):
-    """Real ``from_pretrained`` of model and processor (hub id or local directory) -> (model, processor)."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+def load_pretrained(cfg: VLMConfig, model_cls: type, architecture: str | None = None, **processor_kwargs):
+    """(model, processor) from a directory or hub id.
 
+    ``architecture`` (a checkpoint's ``backbone/`` folder, written by ``save_architecture``): the
+    saved model config built with random weights, which the checkpoint's own weights then replace;
+    nothing is fetched. Otherwise ``cfg.pretrained``: real ``from_pretrained`` of model and processor.
+    """
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    if architecture is not None:
+        config = AutoConfig.from_pretrained(architecture)
+        saved = str(getattr(config, "dtype", None) or "float32").removeprefix("torch.")  # the dtype it was saved in
+        model = instantiate(cfg, model_cls, config, dtype=saved)
+        return model, AutoProcessor.from_pretrained(architecture, **processor_kwargs)
     kwargs = {"attn_implementation": cfg.attn_implementation}
     if cfg.dtype is not None:
         kwargs["dtype"] = getattr(torch, cfg.dtype)
@@ -507,6 +517,11 @@ class VLMBackbone(Backbone):
     def save_pretrained(self, path) -> None:
         """Model + processor in HF format, loadable through ``pretrained=path`` (the state token is not included)."""
         self.model.save_pretrained(path)
+        self.processor.save_pretrained(path)
+
+    def save_architecture(self, path) -> None:
+        """Model config and processor, no weights: what ``build(..., architecture=path)`` needs offline."""
+        self.model.config.save_pretrained(path)
         self.processor.save_pretrained(path)
 
     # ------------------------------------------------------------------ family hooks

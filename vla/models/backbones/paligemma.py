@@ -106,9 +106,9 @@ def paligemma_processor(image_size: int, patch_size: int) -> PaliGemmaProcessor:
 class PaliGemmaBackboneConfig(VLMConfig):
     """PaliGemma backbone. Presets: ``tiny``, ``paligemma-3b``; or ``pretrained`` (hub id / local dir)."""
 
-    def build(self, state_dim: int, num_cameras: int) -> PaliGemmaBackbone:
-        if self.pretrained:
-            model, processor = load_pretrained(self)
+    def build(self, state_dim: int, num_cameras: int, architecture: str | None = None) -> PaliGemmaBackbone:
+        if architecture or self.pretrained:
+            model, processor = load_pretrained(self, PaliGemmaForConditionalGeneration, architecture)
         else:
             if self.preset not in PRESETS:
                 raise KeyError(f"unknown paligemma preset {self.preset!r}; known: {sorted(PRESETS)}")

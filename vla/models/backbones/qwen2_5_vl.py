@@ -143,9 +143,9 @@ def qwen2_5_vl_processor(image_size: int, patch_size: int, merge_size: int) -> Q
 class Qwen2_5_VLBackboneConfig(VLMConfig):
     """Qwen2.5-VL backbone. Presets: ``tiny``, ``qwen2_5_vl-3b``; or ``pretrained`` (hub id / local dir)."""
 
-    def build(self, state_dim: int, num_cameras: int) -> Qwen2_5_VLBackbone:
-        if self.pretrained:
-            model, processor = load_pretrained(self)
+    def build(self, state_dim: int, num_cameras: int, architecture: str | None = None) -> Qwen2_5_VLBackbone:
+        if architecture or self.pretrained:
+            model, processor = load_pretrained(self, Qwen2_5_VLForConditionalGeneration, architecture)
             image_size = self.image_size or 224
         else:
             if self.preset not in PRESETS:

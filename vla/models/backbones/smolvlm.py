@@ -115,10 +115,12 @@ class SmolVLMBackboneConfig(VLMConfig):
 
     image_special_tokens: bool = True
 
-    def build(self, state_dim: int, num_cameras: int) -> SmolVLMBackbone:
-        if self.pretrained:
+    def build(self, state_dim: int, num_cameras: int, architecture: str | None = None) -> SmolVLMBackbone:
+        if architecture or self.pretrained:
             # the torchvision backend keeps pixels identical to a fresh processor's (FACTS.md)
-            model, processor = load_pretrained(self, backend="torchvision")
+            model, processor = load_pretrained(
+                self, SmolVLMForConditionalGeneration, architecture, backend="torchvision"
+            )
         else:
             if self.preset not in PRESETS:
                 raise KeyError(f"unknown smolvlm preset {self.preset!r}; known: {sorted(PRESETS)}")
