@@ -9,6 +9,10 @@ PYTHON312 ?= $(shell for p in $$(command -v python3.12 2>/dev/null) $$(ls -1 $$H
 APT_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 libglfw3 libosmesa6 ffmpeg
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
+# LeRobot's pi0/pi0.5/SmolVLA need transformers 5.5.x, not ours: it lives here, first on PYTHONPATH of the
+# child processes that run LeRobot beside us (parity tests, vla bench --peer); everything else is shared.
+PEER_DIR := .peers/lerobot
+PEER_PACKAGES := transformers==5.5.4 tokenizers==0.22.2
 
 .PHONY: install system-deps venv test test-fast demo demo-gpu lint format bench clean
 
@@ -29,6 +33,7 @@ venv:
 	$(PY) -m pip install -q -e ".[dev]"
 	@# openpi-client 0.1.2 declares numpy<2 (not needed) and omits typing_extensions: install it without deps.
 	$(PY) -m pip install -q --no-deps "openpi-client==0.1.2"
+	@[ -f $(PEER_DIR)/.installed ] || { $(PY) -m pip install -q --no-deps --upgrade --target $(PEER_DIR) $(PEER_PACKAGES) && touch $(PEER_DIR)/.installed; }
 	$(PY) -m eval.suites.libero_setup
 
 test:  ## the whole suite (CPU; GPU-only tests skip themselves)

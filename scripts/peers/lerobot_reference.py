@@ -8,15 +8,16 @@ Two actions, each given as one JSON spec file::
             "cameras": [...], "image_size": [H, W], "state_dim": S, "action_dim": D, "chunk_size": H,
             "stats": {"observation.state": {"mean": [...], ...}, "action": {...}}, "seed": 0}
     run    {"action": "run", "policy": ..., "ckpt": DIR, "dims": {...}, "processor_dir": DIR,
-            "inputs": NPZ, "tasks": [...], "out": NPZ}
+            "inputs": NPZ, "tasks": [...], "missing": [camera key, ...], "out": NPZ}
 
 ``build`` makes the policy with LeRobot's classes and saves it with ``save_pretrained`` beside
 LeRobot's own pre/post-processor pipelines (its ``make_*_pre_post_processors``), as a hub
 checkpoint is laid out. ``run`` loads a checkpoint with ``from_pretrained`` (ours, after
 ``vla export --format lerobot``, too), pushes the raw observation through LeRobot's
 preprocessor (normalization, prompt, tokenization), and writes the action chunk for the given
-noise (``predict_action_chunk`` then the postprocessor) and the training loss for the given
-noise and time (``forward``).
+noise (``predict_action_chunk`` then the postprocessor), the same with the ``missing`` cameras left
+out of the observation (LeRobot then feeds an image of -1 with a false mask), and the training loss
+for the given noise and time (``forward``).
 
 Small and offline: pi0/pi0.5 know only the ``gemma_2b``/``gemma_300m`` variants and a So400m
 SigLIP, so the module-level ``get_gemma_config`` and the PaliGemma class are replaced by small
@@ -152,6 +153,8 @@ def run(spec: dict) -> None:
     with torch.no_grad():
         obs = pre({k: v for k, v in batch.items() if k != "action"})
         out["chunk"] = post(policy.predict_action_chunk(obs)).numpy()
+        partial = pre({k: v for k, v in batch.items() if k != "action" and k not in spec.get("missing", [])})
+        out["chunk_missing"] = post(policy.predict_action_chunk(partial)).numpy()
         train_batch = pre(dict(batch))
         if spec["policy"] == "smolvla":
             loss, _ = policy.forward(train_batch, noise=noise, time=time)

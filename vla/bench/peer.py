@@ -18,8 +18,24 @@ from pathlib import Path
 
 import torch
 
-PEER_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "peers" / "lerobot_bench.py"
+REPO = Path(__file__).resolve().parents[2]
+PEER_SCRIPT = REPO / "scripts" / "peers" / "lerobot_bench.py"
 PEERS = ("lerobot-pi0", "lerobot-pi05")
+SIDE_ENV = REPO / ".peers" / "lerobot"  # transformers 5.5.x for LeRobot's pi models (make install)
+
+
+def side_env(pythonpath: str | None = None) -> dict:
+    """The environment of a child process that runs LeRobot's pi models: ``pythonpath`` (default: the
+    side folder ``make install`` fills) first on PYTHONPATH, so its transformers shadows ours."""
+    path = pythonpath or os.environ.get("VLA_LEROBOT_PYTHONPATH") or str(SIDE_ENV)
+    if not Path(path, "transformers").is_dir():
+        raise FileNotFoundError(
+            f"{path} holds no transformers for LeRobot's pi models: run `make install` (it fills {SIDE_ENV}) "
+            "or point VLA_LEROBOT_PYTHONPATH at a folder with transformers==5.5.4"
+        )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (path, env.get("PYTHONPATH")) if p)
+    return env
 
 
 def run_peer(
@@ -43,10 +59,7 @@ def run_peer(
     cmd += ["--batches", ",".join(map(str, batch_sizes)), "--cams", str(cameras)]
     if infer_only:
         cmd.append("--infer-only")
-    env = dict(os.environ)
-    if pythonpath:  # first on the path: the peer's transformers shadows ours
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH")) if p)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=side_env(pythonpath), timeout=timeout_s)
     if proc.returncode != 0:
         raise RuntimeError(f"{peer} benchmark exited with {proc.returncode}: {proc.stderr[-2000:]}")
     return parse_rows(proc.stdout)

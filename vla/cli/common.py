@@ -11,7 +11,7 @@ from vla.config import ConfigError
 log = logging.getLogger("vla")
 
 HINTS = {
-    FileNotFoundError: "check the path; datasets are LeRobot v3 folders (meta/info.json inside)",
+    FileNotFoundError: "check the path named above (datasets are LeRobot v3 folders with meta/info.json inside)",
     ConfigError: "run with --help to list the options",
     KeyError: "check the names (dataset keys, registry names) against the message",
     ValueError: "check the shapes and values named in the message",

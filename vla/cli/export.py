@@ -1,9 +1,12 @@
-"""`vla export CKPT --out DIR [--ema] [--from-zero]`: a plain, self-contained policy checkpoint.
+"""`vla export CKPT --out DIR [--ema] [--from-zero] [--format vla|lerobot]`: a plain, self-contained policy checkpoint.
 
 A training checkpoint (OUT/checkpoints/step_*/ or last/) already holds the consolidated
 policy weights. ``--from-zero`` rebuilds them instead from the DeepSpeed ZeRO-2/3 shards
 in ``training_state/`` (fp32 master weights), e.g. when only the shards survived.
 ``--ema`` exports the EMA weights (saved when train.ema_decay was set).
+``--format lerobot`` writes a pi0, pi0.5 or SmolVLA policy as LeRobot 0.6.1 saves one (config.json,
+model.safetensors, pre/post-processors with the statistics): ``PI0Policy.from_pretrained(DIR)`` loads it.
+The policy must be one of those three (the recipes configs/experiments/*_finetune.yaml, or an import).
 """
 
 from __future__ import annotations
@@ -47,8 +50,23 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", type=Path, required=True, help="where to write the plain policy checkpoint")
     p.add_argument("--ema", action="store_true", help="export the EMA weights")
     p.add_argument("--from-zero", action="store_true", help="consolidate from the DeepSpeed ZeRO shards")
+    p.add_argument("--format", choices=["vla", "lerobot"], default="vla", help="ours (default) or LeRobot's")
+    p.add_argument("--vlm-model-name", default=None, help="lerobot, SmolVLA: the VLM LeRobot builds it on")
     a = p.parse_args(argv)
     with friendly_errors("export"):
+        if a.format == "lerobot":
+            import json
+            import tempfile
+
+            from vla.interop.lerobot import export_lerobot
+
+            with tempfile.TemporaryDirectory() as tmp:
+                source = a.checkpoint
+                if a.ema or a.from_zero:  # consolidate first, then convert
+                    source = export_checkpoint(a.checkpoint, Path(tmp) / "policy", a.ema, a.from_zero)
+                report = export_lerobot(source, a.out, a.vlm_model_name)
+            print(json.dumps({k: v for k, v in report.items() if k != "config"}))
+            return 0
         path = export_checkpoint(a.checkpoint, a.out, a.ema, a.from_zero)
         print(f"exported {a.checkpoint} -> {path}")
     return 0

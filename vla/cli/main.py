@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "data": "vla.cli.data",
     "train": "vla.cli.train",
     "export": "vla.cli.export",
+    "import": "vla.cli.import_cmd",
     "eval": "vla.cli.eval",
     "eval-sweep": "vla.cli.eval_sweep",
     "serve": "vla.cli.serve",
@@ -24,7 +25,8 @@ SUBCOMMANDS = {
 SUMMARIES = {
     "data": "generate, validate, inspect, convert datasets; compute statistics; fit the FAST tokenizer",
     "train": "train a policy (one process, or many under `accelerate launch -m vla train`)",
-    "export": "consolidate a training checkpoint (DeepSpeed ZeRO too) into a plain policy checkpoint",
+    "export": "a plain policy checkpoint (from DeepSpeed ZeRO shards too), or LeRobot's format (pi0, pi0.5, SmolVLA)",
+    "import": "read a LeRobot pi0, pi0.5 or SmolVLA checkpoint into ours",
     "eval": "score a checkpoint (or a reference policy) on a simulated suite",
     "eval-sweep": "evaluate every checkpoint of a training run and name the best",
     "serve": "serve a policy over websockets (openpi-compatible protocol)",

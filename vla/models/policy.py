@@ -176,8 +176,11 @@ class Policy(nn.Module):
             state_mask = torch.ones_like(state, dtype=torch.bool)
         state = pad_last(state * state_mask.to(state.dtype), self.config.model_state_dim)
         state_mask = pad_last(state_mask.bool(), self.config.model_state_dim)
+        image_mask = batch.get("image_mask")
+        if image_mask is None:
+            image_mask = torch.ones(batch["images"].shape[:2], dtype=torch.bool, device=batch["images"].device)
         inputs = self.backbone.prepare_inputs(
-            batch["images"], batch["image_mask"], batch["instruction"], state=state, state_mask=state_mask
+            batch["images"], image_mask, batch["instruction"], state=state, state_mask=state_mask
         )
         fn = functools.partial(self.backbone.encode, inputs, state, state_mask=state_mask, with_kv=self.head.needs_kv)
         return fn, {"state": state, "state_mask": state_mask}

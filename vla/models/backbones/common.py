@@ -235,7 +235,7 @@ def set_rope_theta(lm: nn.Module, text_config, theta: float) -> None:
         params["rope_theta"] = float(theta)
         cfg.rope_parameters = params
     device = lm.rotary_emb.inv_freq.device
-    lm.rotary_emb = type(lm.rotary_emb)(config=lm.config, device=device)
+    lm.rotary_emb = type(lm.rotary_emb)(config=lm.config).to(device)
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

@@ -23,7 +23,13 @@ from vla.models.backbones.base import BackboneConfig
 from vla.models.backbones.common import VLMBackbone, VLMConfig, instantiate, load_pretrained
 from vla.models.backbones.tokenizer import load_tokenizer
 
-SPECIAL_TOKENS = ["<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"]
+# named as in SmolVLM's own tokenizer config (LeRobot's SmolVLA reads tokenizer.fake_image_token_id)
+SPECIAL_TOKENS = {
+    "image_token": "<image>",
+    "fake_image_token": "<fake_token_around_image>",
+    "global_image_token": "<global-img>",
+    "end_of_utterance_token": "<end_of_utterance>",
+}
 
 # vocab_size: the table size (at least the tokenizer's). Tiny leaves room above the shipped tokenizer for
 # discrete action tokens (bins, FAST); scale presets use the public size (the shipped ids index a bigger table).

@@ -76,11 +76,14 @@ def build_tokenizer_json(path: Path | str = ASSET_PATH, vocab_size: int = VOCAB_
     return path
 
 
-def load_tokenizer(special_tokens: list[str] = (), path: Path | str = ASSET_PATH) -> PreTrainedTokenizerFast:
+def load_tokenizer(
+    special_tokens: list[str] | dict[str, str] = (), path: Path | str = ASSET_PATH
+) -> PreTrainedTokenizerFast:
     """The shipped BPE as a transformers fast tokenizer, plus ``special_tokens`` appended to the vocabulary.
 
     A family's processor finds its image placeholders by these special tokens; without them it fails
-    with "Mismatch in `image` token count" (FACTS.md).
+    with "Mismatch in `image` token count" (FACTS.md). A dict names them as the family's own tokenizer
+    does (SmolVLM's ``fake_image_token``, read by LeRobot's SmolVLA as ``tokenizer.fake_image_token_id``).
     """
     path = Path(path)
     if not path.is_file():
@@ -91,5 +94,9 @@ def load_tokenizer(special_tokens: list[str] = (), path: Path | str = ASSET_PATH
         eos_token=EOS,
         pad_token=PAD,
         unk_token=UNK,
-        additional_special_tokens=list(special_tokens),
+        **(
+            {"extra_special_tokens": dict(special_tokens)}
+            if isinstance(special_tokens, dict)
+            else {"additional_special_tokens": list(special_tokens)}
+        ),
     )
