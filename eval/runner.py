@@ -66,6 +66,8 @@ class EvalConfig:
     n_action_steps: int | None = None  # actions executed per chunk (default: the policy's own)
     image_size: int | None = None  # render size (default: the checkpoint's training resolution, else the suite's)
     progress: bool = True
+    dataset: str | None = None  # open loop instead of a suite: chunk errors on this LeRobot dataset (eval/offline.py)
+    frames: int = 64  # --dataset: frames evaluated, evenly spaced
 
     def validate(self) -> None:
         """Called by the entry points (not __post_init__: draccus builds a default instance first)."""

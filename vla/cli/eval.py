@@ -4,13 +4,16 @@
     vla eval --policy oracle --suite mw-easy --episodes-per-task 5 --out DIR
     vla eval --policy random --suite libero_spatial --tasks 0 --episodes-per-task 1 --max-steps 20 --out DIR
     vla eval --server ws://localhost:8000 --suite mw10 --n-action-steps 5 --out DIR
+    vla eval --checkpoint CKPT --dataset DIR --frames 64 --out OUT   # open loop, for robots with no simulator
 
 Options (EvalConfig in eval/runner.py): --suite, --checkpoint | --policy oracle|random | --server URL,
 --episodes-per-task, --num-envs, --tasks (indices or names, comma-separated), --max-steps, --seed,
 --video-episodes K, --device, --compile (regional torch.compile), --n-action-steps, --image-size, --out.
 
 Writes DIR/results.json, results.md, success.png, episodes.jsonl (rerun the same command to resume),
-protocol.json and DIR/videos/*_{success,failure}.mp4.
+protocol.json and DIR/videos/*_{success,failure}.mp4. With --dataset (open loop, eval/offline.py):
+results.json and results.md with the chunk MAE in robot and normalized units beside the dataset-mean
+predictor's on the same frames.
 """
 
 from __future__ import annotations
@@ -29,6 +32,17 @@ def main(argv: list[str]) -> int:
         from vla.config import parse_config
 
         cfg = parse_config(EvalConfig, hyphens_to_underscores(argv))
+        if cfg.dataset:
+            from eval.offline import evaluate_offline
+            from vla.models.policy import Policy
+
+            if not cfg.checkpoint:
+                raise ValueError("--dataset (open-loop evaluation) needs --checkpoint")
+            res = evaluate_offline(
+                Policy.load(cfg.checkpoint, device=cfg.device), cfg.dataset, cfg.out, cfg.frames, seed=cfg.seed
+            )
+            print(json.dumps({k: v for k, v in res.items() if k != "mae_per_dim"} | {"out": cfg.out}, indent=2))
+            return 0
         res = evaluate(cfg)
         summary = {name: round(t["success_rate"], 4) for name, t in res["tasks"].items()}
         print(json.dumps({"average_success": res["average_success"], "tasks": summary, "out": cfg.out}, indent=2))

@@ -166,10 +166,8 @@ class Policy(nn.Module):
         return out
 
     # ---- training -------------------------------------------------------------------------------
-    def _prefix_fn(self, batch: dict) -> tuple[functools.partial, dict]:
-        """Prepare inputs once; return a closure that runs the backbone (heads call it as they need)
-        and the normalized state (zero-padded to the model's width), which heads conditioning on the
-        state directly also receive."""
+    def model_inputs(self, batch: dict) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        """(backbone inputs, normalized state zero-padded to the model's width, its mask) of a batch."""
         state = self._normalize("state", batch["state"].float(), batch.get("dataset_index"))
         state_mask = batch.get("state_mask")
         if state_mask is None:
@@ -182,6 +180,12 @@ class Policy(nn.Module):
         inputs = self.backbone.prepare_inputs(
             batch["images"], image_mask, batch["instruction"], state=state, state_mask=state_mask
         )
+        return inputs, state, state_mask
+
+    def _prefix_fn(self, batch: dict) -> tuple[functools.partial, dict]:
+        """Prepare inputs once; return a closure that runs the backbone (heads call it as they need)
+        and the normalized state, which heads conditioning on the state directly also receive."""
+        inputs, state, state_mask = self.model_inputs(batch)
         fn = functools.partial(self.backbone.encode, inputs, state, state_mask=state_mask, with_kv=self.head.needs_kv)
         return fn, {"state": state, "state_mask": state_mask}
 

@@ -84,6 +84,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.train.grad_accum < 1:
             raise ValueError(f"train.grad_accum must be >= 1, got {self.train.grad_accum}")
+        if str(self.train.mixed_precision).lower() in ("false", "none"):  # YAML reads a bare `no` as false
+            self.train.mixed_precision = "no"
         if self.train.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"train.mixed_precision must be no|bf16|fp16, got {self.train.mixed_precision!r}")
         if self.train.eval_every and not self.train.eval_suite:

@@ -16,16 +16,19 @@ from vla.models.policy import WEIGHTS_FILE, Policy, PolicyConfig, architecture_o
 
 # Training-side options the user may change when fine-tuning; everything else is architecture.
 USER_BACKBONE_OPTIONS = ("freeze_vision", "freeze_vlm", "lora_rank", "lora_alpha", "gradient_checkpointing")
-USER_POLICY_OPTIONS = ("n_action_steps", "temporal_ensemble_coeff", "inference_steps")
+# chunk_size too: a flow expert has no per-step weights (pi0_base's 50 fits any horizon); heads that do
+# (learned positions or queries) re-initialize those, and the plan says so.
+USER_POLICY_OPTIONS = ("chunk_size", "n_action_steps", "temporal_ensemble_coeff", "inference_steps")
 
 
 def init_from_checkpoint(path: str | Path, user_cfg: PolicyConfig, stats: dict) -> tuple[Policy, dict]:
     path = Path(path)
     cfg = Policy.load_config(path)
-    same_robot = (cfg.state_dim, cfg.action_dim, len(cfg.cameras)) == (
+    same_robot = (cfg.state_dim, cfg.action_dim, len(cfg.cameras), cfg.chunk_size) == (
         user_cfg.state_dim,
         user_cfg.action_dim,
         len(user_cfg.cameras),
+        user_cfg.chunk_size,
     )
     for key in ("cameras", "state_dim", "action_dim", "fps", "image_size", "state_key", *USER_POLICY_OPTIONS):
         setattr(cfg, key, getattr(user_cfg, key))
@@ -38,7 +41,8 @@ def init_from_checkpoint(path: str | Path, user_cfg: PolicyConfig, stats: dict) 
     plan = {
         "source": str(path),
         "loaded": len(report["loaded"]),
-        "reinitialized": report["reinitialized"],
+        # the normalizers' buffers are statistics, computed from the new dataset: not weights
+        "reinitialized": [k for k in report["reinitialized"] if not k.startswith("normalizers.")],
         "stats": "computed from the new dataset",
     }
     return policy, plan

@@ -22,7 +22,7 @@ def estimate_flops_per_sample(policy, batch: dict) -> float:
     placeholders + text + state token) plus the action chunk; frozen parameters still cost
     the forward (2 of the 6).
     """
-    inputs = policy.backbone.prepare_inputs(batch["images"], batch["image_mask"], batch["instruction"])
+    inputs = policy.model_inputs(batch)[0]
     tokens = inputs["input_ids"].shape[1] + policy.config.chunk_size
     trainable = sum(full_numel(p) for p in policy.parameters() if p.requires_grad)
     frozen = sum(full_numel(p) for p in policy.parameters() if not p.requires_grad)

@@ -180,8 +180,8 @@ class Trainer:
             "training plan:",
             f"  data: {len(self.data.dataset)} samples, cameras {self.data.cameras}, "
             f"state {self.data.state_dim}, action {self.data.action_dim}, fps {self.data.fps}",
-            f"  policy: backbone {self.cfg.policy.backbone.type}/{self.cfg.policy.backbone.preset}, "
-            f"head {self.cfg.policy.head.type}, chunk {self.cfg.policy.chunk_size}",
+            f"  policy: backbone {policy.config.backbone.type}/{policy.config.backbone.preset}, "
+            f"head {policy.config.head.type}, chunk {policy.config.chunk_size}",
             f"  parameters: {total / 1e6:.2f} M total, {trainable / 1e6:.2f} M trainable",
             f"  frozen: {frozen or 'nothing'}",
         ]
