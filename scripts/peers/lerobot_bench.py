@@ -65,11 +65,15 @@ def main():
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--compile-mode", default="", help="override LeRobot's compile_mode (default max-autotune)")
     ap.add_argument("--infer-only", action="store_true")
+    ap.add_argument("--save-to", default="", help="save the freshly built policy here (save_pretrained)")
     a = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     t_build = time.perf_counter()
     cfg, pol = build(a.policy, a.cams, a.dtype, a.grad_ckpt, a.compile, a.compile_mode)
     print(json.dumps(dict(what="build", seconds=round(time.perf_counter() - t_build, 1))), flush=True)
+    if a.save_to:  # the same weights for the other stack (vla bench --same-weights)
+        pol.save_pretrained(a.save_to)
+        print(json.dumps(dict(what="saved", path=a.save_to)), flush=True)
     n_params = sum(p.numel() for p in pol.parameters())
     res = dict(
         peer=f"lerobot-{a.policy}",

@@ -42,3 +42,32 @@ def test_peer_needs_a_gpu_and_a_known_name():
         run_peer("openpi-pi0", batch_sizes=[8])
     with pytest.raises(RuntimeError, match="CUDA GPU"):
         run_peer("lerobot-pi0", batch_sizes=[8])
+
+
+@pytest.mark.parametrize("scale", ["pi0", "pi05", "smolvla"])
+def test_full_scales_are_lerobots_architectures(scale):
+    """`vla bench --scale pi0` builds pi0 itself (its recipe's options), at full size (on the meta device)."""
+    from vla.bench.model import ModelBenchConfig, scale_config
+    from vla.interop.lerobot import lerobot_type
+    from vla.models.policy import Policy
+
+    pcfg = scale_config(ModelBenchConfig(scale=scale), torch.float32)
+    assert lerobot_type(pcfg) == scale
+    pcfg.backbone.init_device = "meta"  # the 3B VLM without memory; the expert is built for real
+    policy = Policy(pcfg)
+    width, layers = (720, 16) if scale == "smolvla" else (1024, 18)
+    assert policy.head.width == width and len(policy.head.expert.layers) == layers
+    expert = sum(p.numel() for p in policy.head.expert.parameters())
+    # LeRobot's experts, counted from their dimensions (lm_head excluded):
+    # pi0, Gemma-300M: 18 x (q 1024x2048 + k, v 1024x256 + o 2048x1024 + GeGLU 3x1024x4096 + 2 norms) + norm;
+    # pi0.5: every norm a dense 1024 -> 3x1024 with bias; SmolVLA: 16 layers at width 720 (15 heads, 5 KV heads
+    # of 64, FFN 2048), the 8 cross layers' k/v projecting 320 -> 320.
+    per_layer = 2 * 1024 * 2048 + 2 * 1024 * 256 + 3 * 1024 * 4096
+    adaptive = 1024 * 3072 + 3072
+    smol = 2 * 720 * 960 + 3 * 720 * 2048 + 2 * 720
+    expected = {
+        "pi0": 18 * (per_layer + 2 * 1024) + 1024,
+        "pi05": 18 * (per_layer + 2 * adaptive) + adaptive,
+        "smolvla": 8 * (smol + 2 * 720 * 320) + 8 * (smol + 2 * 320 * 320) + 720,
+    }
+    assert expert == expected[scale], (expert, expected[scale])

@@ -1,9 +1,11 @@
 """Training throughput and inference latency of a policy configuration, on synthetic inputs.
 
-The inputs match the peer benchmark (shared/peers/lerobot_bench.py): N cameras at
+The inputs match the peer benchmark (scripts/peers/lerobot_bench.py): N cameras at
 224 px, an 8-dim state, a 7-dim action, 50-step chunks, 48 language tokens, bf16.
-``pi0`` names the pi0-scale configuration: the ``paligemma-3b`` scale preset with a flow
-expert of about 300 M parameters (width 1024, as pi0's Gemma-300M expert).
+``pi0``, ``pi05`` and ``smolvla`` build those exact architectures at full size (the policy
+section of ``configs/experiments/<scale>_finetune.yaml``), with random weights; ``weights``
+starts from a checkpoint instead (ours, or LeRobot's, imported on the fly), so that with
+``--same-weights`` the peer and we time one model with the same numbers in two stacks.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -22,18 +25,16 @@ from vla.models.heads.base import HeadConfig
 from vla.models.policy import Policy, PolicyConfig
 from vla.utils.device import resolve_device
 
-SCALES = {
-    # name: (backbone preset, head type, head overrides)
-    "tiny": ("tiny-smolvlm", "flow", {}),
-    "pi0": ("paligemma-3b", "flow", {"expert_width": 1024}),
-    "smolvla": ("smolvlm2-500m", "flow", {}),
-}
+RECIPES = Path(__file__).resolve().parents[2] / "configs" / "experiments"
+SCALES = ("tiny", "pi0", "pi05", "smolvla")  # tiny: a tiny SmolVLM with the flow head; others: *_finetune.yaml
 
 
 @dataclass
 class ModelBenchConfig:
-    scale: str = "tiny"  # tiny | pi0 | smolvla
+    scale: str = "tiny"  # tiny | pi0 | pi05 | smolvla
     head: str | None = None  # override the scale's head type
+    weights: str | None = None  # start from this checkpoint (ours, or a LeRobot pi0/pi0.5/SmolVLA folder)
+    processor: str | None = None  # weights from LeRobot: the VLM's processor folder (default: a synthetic one)
     cameras: int = 2
     image_size: int = 224
     text_tokens: int = 48
@@ -51,28 +52,63 @@ class ModelBenchConfig:
     device: str = "auto"
 
 
+def scale_config(cfg: ModelBenchConfig, dtype: torch.dtype) -> PolicyConfig:
+    """The policy of a scale: its recipe's architecture, the benchmark's robot (cameras, dims, chunk)."""
+    dtype_name = str(dtype).removeprefix("torch.")  # created in its dtype: no fp32 copy of 3B weights first
+    if cfg.scale == "tiny":
+        backbone = BackboneConfig.get_choice_class("smolvlm")(preset="tiny", max_text_tokens=cfg.text_tokens)
+        pcfg = PolicyConfig(backbone=backbone, head=HeadConfig.get_choice_class("flow")())
+    elif cfg.scale in SCALES:
+        from vla.config import parse_config
+        from vla.train.config import TrainConfig
+
+        pcfg = parse_config(TrainConfig, ["--config", str(RECIPES / f"{cfg.scale}_finetune.yaml")]).policy
+    else:
+        raise KeyError(f"unknown scale {cfg.scale!r}; known: {', '.join(SCALES)}")
+    if cfg.head:
+        pcfg.head = HeadConfig.get_choice_class(cfg.head)()
+    pcfg.backbone.dtype = dtype_name
+    pcfg.backbone.gradient_checkpointing = cfg.gradient_checkpointing
+    pcfg.chunk_size = pcfg.n_action_steps = cfg.chunk
+    pcfg.inference_steps = cfg.inference_steps
+    pcfg.cameras = [f"cam{i}" for i in range(cfg.cameras)]
+    pcfg.state_dim, pcfg.action_dim = cfg.state_dim, cfg.action_dim
+    return pcfg
+
+
 def build_policy(cfg: ModelBenchConfig, device: torch.device) -> Policy:
-    preset, head, head_kw = SCALES[cfg.scale]
+    """The scale's policy with random weights, or ``cfg.weights``; the benchmark's robot follows the policy."""
     dtype = resolve_dtype(cfg.dtype, device)
-    head_cfg = HeadConfig.get_choice_class(cfg.head or head)(**(head_kw if not cfg.head else {}))
-    pcfg = PolicyConfig(
-        backbone=BackboneConfig.get_choice_class("smolvlm")(
-            preset=preset,
-            max_text_tokens=cfg.text_tokens,
-            gradient_checkpointing=cfg.gradient_checkpointing,
-            dtype=str(dtype).removeprefix("torch."),  # created in its dtype: no fp32 copy of 3B weights first
-        ),
-        head=head_cfg,
-        chunk_size=cfg.chunk,
-        n_action_steps=cfg.chunk,
-        inference_steps=cfg.inference_steps,
-        cameras=[f"cam{i}" for i in range(cfg.cameras)],
-        state_dim=cfg.state_dim,
-        action_dim=cfg.action_dim,
-    )
-    with torch.device(device):  # random init straight on the device: minutes faster than CPU-then-move at 3B
-        policy = Policy(pcfg)
+    with torch.device(device):  # built straight on the device: minutes faster than CPU-then-move at 3B
+        if cfg.weights and (Path(cfg.weights) / "stats.json").is_file():
+            policy = Policy.load(cfg.weights, device=device)
+        elif cfg.weights:
+            from vla.interop.lerobot import policy_from_lerobot
+
+            policy, _ = policy_from_lerobot(cfg.weights, cfg.processor or synthetic_processor(cfg.weights))
+        else:
+            policy = Policy(scale_config(cfg, dtype))
+    pc = policy.config
+    cfg.cameras, cfg.state_dim, cfg.action_dim, cfg.chunk = len(pc.cameras), pc.state_dim, pc.action_dim, pc.chunk_size
+    cfg.image_size = policy.backbone.image_size
     return policy.to(device=device, dtype=dtype)
+
+
+def synthetic_processor(lerobot_checkpoint: str) -> str:
+    """A PaliGemma processor folder for a LeRobot pi0/pi0.5 checkpoint when none is given: the shipped
+    tokenizer (the benchmark's token ids are not the ones a real tokenizer would give, their count is)."""
+    import json
+    import tempfile
+
+    from vla.models.backbones.paligemma import paligemma_processor
+
+    lr = json.loads((Path(lerobot_checkpoint) / "config.json").read_text())
+    if lr.get("type") == "smolvla":
+        raise ValueError("--weights with a SmolVLA checkpoint needs --processor (its VLM's folder)")
+    side = lr.get("image_resolution", [224, 224])[0]
+    out = tempfile.mkdtemp(prefix="vla-bench-processor-")
+    paligemma_processor(side, 14).save_pretrained(out)  # So400m's 14 px patches
+    return out
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -120,7 +156,8 @@ def bench_train(cfg: ModelBenchConfig) -> list[dict]:
         row = {
             "what": "train_step",
             "scale": cfg.scale,
-            "head": cfg.head or SCALES[cfg.scale][1],
+            "head": policy.config.head.type,
+            "weights": cfg.weights or "random",
             "batch": bs,
             "params_b": round(params / 1e9, 3),
             "dtype": str(resolve_dtype(cfg.dtype, device)),
@@ -182,7 +219,8 @@ def bench_infer(cfg: ModelBenchConfig) -> dict:
     return {
         "what": "infer_chunk_b1",
         "scale": cfg.scale,
-        "head": cfg.head or SCALES[cfg.scale][1],
+        "head": policy.config.head.type,
+        "weights": cfg.weights or "random",
         "inference_steps": cfg.inference_steps,
         "chunk": cfg.chunk,
         "device": _device_name(device),

@@ -47,8 +47,12 @@ def run_peer(
     pythonpath: str | None = None,
     python: str | None = None,
     timeout_s: float = 3600,
+    save_to: str | None = None,
 ) -> list[dict]:
-    """Run the peer's benchmark in a child process; return its measurement rows."""
+    """Run the peer's benchmark in a child process; return its measurement rows.
+
+    ``save_to``: the peer also saves its freshly built policy there (LeRobot's ``save_pretrained``),
+    for ours to start from the same weights."""
     if peer not in PEERS:
         raise ValueError(f"--peer {peer!r}: known peers: {', '.join(PEERS)}")
     if not torch.cuda.is_available():
@@ -59,6 +63,8 @@ def run_peer(
     cmd += ["--batches", ",".join(map(str, batch_sizes)), "--cams", str(cameras)]
     if infer_only:
         cmd.append("--infer-only")
+    if save_to:
+        cmd += ["--save-to", save_to]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=side_env(pythonpath), timeout=timeout_s)
     if proc.returncode != 0:
         raise RuntimeError(f"{peer} benchmark exited with {proc.returncode}: {proc.stderr[-2000:]}")

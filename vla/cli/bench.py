@@ -3,14 +3,18 @@
     vla bench data  --root DIR [--batch-size 16 --workers 2]     our DataLoader vs a plain LeRobot one
     vla bench train [--scale tiny|pi0|smolvla --batch-sizes 8,16] training samples/s, memory, MFU
     vla bench infer [--scale ...]                                  one chunk at batch 1: p50/p90 latency
-    vla bench train|infer --scale pi0 --peer lerobot-pi0 --peer-pythonpath DIR   LeRobot's pi0 beside ours (GPU)
+    vla bench train|infer --scale pi0 --peer lerobot-pi0 [--same-weights]   LeRobot's pi0 beside ours (GPU)
+    vla bench train|infer --weights CKPT                           ours from a checkpoint (ours, or LeRobot's)
     vla bench eval  [--suite mw-easy --num-envs 2]                 runner vs naive loop, E envs vs 1
     vla bench serve [--checkpoint CKPT]                            round trip p50/p99, 1 and 8 clients
     vla bench all   --out DIR [--root DIR]                         everything above, one JSON + one table
 
 Timings are measured here, never asserted in tests. On a GPU machine pass --scale pi0
-for the pi0-scale configuration (PaliGemma-3B dimensions + a 300M flow expert, 2
-cameras at 224 px, 48 tokens, chunk 50, bf16).
+for LeRobot's pi0 architecture at full size (PaliGemma-3B + the Gemma-300M expert, exactly:
+configs/experiments/pi0_finetune.yaml; also pi05, smolvla), 2 cameras at 224 px, chunk 50,
+bf16. With --peer lerobot-pi0 --same-weights, LeRobot builds its pi0 first and saves its
+weights, and ours imports them: one model timed in two stacks. The peer runs in LeRobot's
+side environment (.peers/lerobot from make install; --peer-pythonpath to use another).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ def _model_cfg(a):
     return ModelBenchConfig(
         scale=a.scale,
         head=a.head,
+        weights=a.weights,
+        processor=a.processor,
         batch_sizes=_ints(a.batch_sizes),
         steps=a.steps,
         dtype=a.dtype,
@@ -56,12 +62,18 @@ def _model_cfg(a):
 def run_train(a) -> list[dict]:
     from vla.bench.model import bench_train
 
+    if a.same_weights:  # the peer first: it builds and saves the weights ours then starts from
+        peer = _peer_rows(a, infer_only=False, wanted="train_step")
+        return bench_train(_model_cfg(a)) + peer
     return bench_train(_model_cfg(a)) + _peer_rows(a, infer_only=False, wanted="train_step")
 
 
 def run_infer(a) -> dict | list[dict]:
     from vla.bench.model import bench_infer
 
+    if a.same_weights:
+        peer = _peer_rows(a, infer_only=True, wanted="infer_chunk_b1")
+        return [bench_infer(_model_cfg(a)), *peer]
     ours = bench_infer(_model_cfg(a))
     peer = _peer_rows(a, infer_only=True, wanted="infer_chunk_b1")
     return [ours, *peer] if peer else ours
@@ -82,7 +94,14 @@ def _peer_rows(a, infer_only: bool, wanted: str) -> list[dict]:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    rows = run_peer(a.peer, batch_sizes=_ints(a.batch_sizes), infer_only=infer_only, pythonpath=a.peer_pythonpath)
+    save_to = None
+    if a.same_weights:
+        import tempfile
+
+        save_to = a.weights = tempfile.mkdtemp(prefix="vla-bench-peer-weights-")
+    rows = run_peer(
+        a.peer, batch_sizes=_ints(a.batch_sizes), infer_only=infer_only, pythonpath=a.peer_pythonpath, save_to=save_to
+    )
     return [r for r in rows if r.get("what") == wanted]
 
 
@@ -166,7 +185,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--chunk", type=int, default=50)
-    p.add_argument("--scale", default="tiny", choices=["tiny", "pi0", "smolvla"])
+    p.add_argument("--scale", default="tiny", choices=["tiny", "pi0", "pi05", "smolvla"])
+    p.add_argument("--weights", default=None, help="`train`/`infer`: start from this checkpoint (ours or LeRobot's)")
+    p.add_argument("--processor", default=None, help="with LeRobot --weights: the VLM's processor folder")
+    p.add_argument(
+        "--same-weights", action="store_true", help="with --peer: ours starts from the peer's own initial weights"
+    )
     p.add_argument("--head", default=None, help="override the scale's head (bins, fast, diffusion, flow, regression)")
     p.add_argument("--batch-sizes", default="8")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 on a GPU, fp32 on CPU")
@@ -190,6 +214,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--clients", default="1,8")
     p.add_argument("--requests", type=int, default=20)
     a = p.parse_args(argv)
+    if a.same_weights and not a.peer:
+        p.error("--same-weights needs --peer")
     with friendly_errors("bench"):
         names = list(RUNNERS) if a.what == "all" else [a.what]
         results = {

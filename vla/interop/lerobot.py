@@ -366,11 +366,11 @@ PROCESSOR_HELP = {
 PROCESSOR_HELP["pi05"] = PROCESSOR_HELP["pi0"].replace("pi0 ", "pi0.5 ")
 
 
-def import_lerobot(src: str | Path, out: str | Path, processor: str | Path | None = None) -> dict:
-    """A LeRobot pi0, pi0.5 or SmolVLA checkpoint -> one of our checkpoints at ``out``; returns a report."""
+def policy_from_lerobot(src: str | Path, processor: str | Path | None = None) -> tuple[Policy, dict]:
+    """A LeRobot pi0, pi0.5 or SmolVLA checkpoint as one of our policies (built on the ambient device)."""
     import tempfile
 
-    src, out = Path(src), Path(out)
+    src = Path(src)
     kind, lr = read_lerobot_config(src)
     if processor is None and kind == "smolvla" and Path(lr.vlm_model_name).is_dir():
         processor = lr.vlm_model_name
@@ -382,35 +382,35 @@ def import_lerobot(src: str | Path, out: str | Path, processor: str | Path | Non
     proc = load_processor(kind, processor_dir)
     if kind == "smolvla":
         hf_config = smolvlm_config(tensors, processor_dir, source)
-        vlm_layers = hf_config.text_config.num_hidden_layers
     else:
         hf_config = paligemma_config(tensors, proc, processor_dir, source)
-        vlm_layers = hf_config.text_config.num_hidden_layers
-    cfg = policy_config(kind, lr, tensors, vlm_layers, source)
+    cfg = policy_config(kind, lr, tensors, hf_config.text_config.num_hidden_layers, source)
     stats = read_stats(src)
     with tempfile.TemporaryDirectory() as tmp:
         hf_config.save_pretrained(tmp)
         proc.save_pretrained(tmp)
         policy = Policy(cfg, stats, architecture=tmp)
-    ours = set(policy.state_dict())
-    mapped, dropped, unknown = to_ours(kind, tensors, ours)
+    mapped, dropped, unknown = to_ours(kind, tensors, set(policy.state_dict()))
     if unknown:
         raise ValueError(f"{source}: tensors with no place in a {kind} policy: {unknown[:8]}")
     report = policy.load_weights(mapped, source=source, strict=False)
     missing = [k for k in report["reinitialized"] if not k.startswith("normalizers.")]
     if missing or report["unexpected"]:
-        raise ValueError(
-            f"{source}: missing tensors {missing[:8]}, shape or name mismatches {report['unexpected'][:8]}"
-        )
-    policy.save(out)
-    return {
+        raise ValueError(f"{source}: missing tensors {missing[:8]}, shape or name mismatches {report['unexpected'][:8]}")
+    return policy, {
         "type": kind,
-        "out": str(out),
         "loaded": len(report["loaded"]),
         "dropped_unused": dropped,
         "stats": "from the preprocessor" if stats else "none found (identity normalization)",
         "parameters": sum(p.numel() for p in policy.parameters()),
     }
+
+
+def import_lerobot(src: str | Path, out: str | Path, processor: str | Path | None = None) -> dict:
+    """A LeRobot pi0, pi0.5 or SmolVLA checkpoint -> one of our checkpoints at ``out``; returns a report."""
+    policy, report = policy_from_lerobot(src, processor)
+    policy.save(out)
+    return {**report, "out": str(out)}
 
 
 # ----------------------------------------------------------------------------- export
