@@ -117,3 +117,23 @@ def serve_and_infer():
             return WebsocketClientPolicy(host="127.0.0.1", port=thread.port).infer(obs)["actions"]
 
     return _run
+
+
+@pytest.fixture
+def kill_at_checkpoint():
+    """``kill_at_checkpoint(cmd, marker, env)``: start ``cmd``, SIGKILL it once ``marker`` (a checkpoint
+    folder) exists, and check it was still running: the half of a kill-and-resume test."""
+    import signal
+    import subprocess
+    import time
+
+    def _run(cmd: list[str], marker: Path, env: dict, cwd: Path, done: Path) -> None:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 600
+        while not marker.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert not done.exists(), "the run finished before it could be killed"
+
+    return _run

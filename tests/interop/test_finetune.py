@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -37,7 +35,7 @@ def metrics(out) -> list[dict]:
 
 
 def test_imported_pi05_finetunes_resumes_evaluates_and_serves(
-    lerobot_checkpoint, paligemma_dir, three_cam_dataset, tmp_path, serve_and_infer
+    lerobot_checkpoint, paligemma_dir, three_cam_dataset, tmp_path, serve_and_infer, kill_at_checkpoint
 ):
     ckpt, _ = lerobot_checkpoint("pi05")
     base = tmp_path / "pi05_base"
@@ -54,16 +52,8 @@ def test_imported_pi05_finetunes_resumes_evaluates_and_serves(
     assert "re-initialized (shape changed or new): nothing" in plan  # 32-dim projections fit the new robot
 
     crashed = tmp_path / "crashed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vla", *train, f"--output_dir={crashed}"],
-        cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.time() + 600
-    while not (crashed / "checkpoints" / "step_0000002").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (crashed / "summary.json").exists(), "the run finished before it could be killed"
+    cmd = [sys.executable, "-m", "vla", *train, f"--output_dir={crashed}"]
+    kill_at_checkpoint(cmd, crashed / "checkpoints" / "step_0000002", ENV, REPO, crashed / "summary.json")
     r = vla(*train, f"--output_dir={crashed}", "--resume=true")
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = metrics(full), metrics(crashed)

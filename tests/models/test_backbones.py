@@ -38,15 +38,6 @@ def batch(seed: int = 1, size=(80, 96)):
     return images, image_mask, state
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: intra-op threads only add synchronization (2.5x slower on a shared 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module", params=FAMILIES)
 def family_backbone(request):
     return request.param, build(request.param).eval()

@@ -23,14 +23,6 @@ def flow_head(backbone, style: str, **kw):
     return cfg.build(backbone, H, D)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_styles_registered():
     assert {"dit", "gemma", "smolvla"} <= set(STYLES)
 

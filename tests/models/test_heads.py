@@ -34,14 +34,6 @@ HEAD_KWARGS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 _BUILT: dict[tuple[str, str], torch.nn.Module] = {}
 
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -135,7 +133,7 @@ def test_two_process_ddp_matches_single_process(metaworld_layout_dataset, tmp_pa
         assert ra["lr"] == pytest.approx(rb["lr"], rel=1e-6)
 
 
-def test_kill_and_resume_reproduces_uninterrupted_run(metaworld_layout_dataset, tmp_path):
+def test_kill_and_resume_reproduces_uninterrupted_run(metaworld_layout_dataset, tmp_path, kill_at_checkpoint):
     common = [
         "train",
         f"--dataset.root={metaworld_layout_dataset}",
@@ -151,19 +149,8 @@ def test_kill_and_resume_reproduces_uninterrupted_run(metaworld_layout_dataset, 
 
     crashed = tmp_path / "crashed"
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vla", *common, f"--output_dir={crashed}"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 300
-    while not (crashed / "checkpoints" / "step_0000008").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (crashed / "summary.json").exists(), "the run finished before it could be killed"
+    cmd = [sys.executable, "-m", "vla", *common, f"--output_dir={crashed}"]
+    kill_at_checkpoint(cmd, crashed / "checkpoints" / "step_0000008", env, REPO, crashed / "summary.json")
     r = run_vla([*common, f"--output_dir={crashed}", "--resume=true"])
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = metrics(full), metrics(crashed)

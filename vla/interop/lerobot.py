@@ -396,7 +396,9 @@ def policy_from_lerobot(src: str | Path, processor: str | Path | None = None) ->
     report = policy.load_weights(mapped, source=source, strict=False)
     missing = [k for k in report["reinitialized"] if not k.startswith("normalizers.")]
     if missing or report["unexpected"]:
-        raise ValueError(f"{source}: missing tensors {missing[:8]}, shape or name mismatches {report['unexpected'][:8]}")
+        raise ValueError(
+            f"{source}: missing tensors {missing[:8]}, shape or name mismatches {report['unexpected'][:8]}"
+        )
     return policy, {
         "type": kind,
         "loaded": len(report["loaded"]),

@@ -222,6 +222,14 @@ def enable_checkpointing(model: nn.Module) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+def leading_special_ids(tokenizer) -> list[int]:
+    """The ids a tokenizer puts before any text by itself (a BOS), which LeRobot's processors keep:
+    they tokenize with ``add_special_tokens=True``."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return full[: len(full) - len(plain)] if full[len(full) - len(plain) :] == plain else []
+
+
 def rope_theta_of(text_config) -> float:
     """The rotary base of a language-model config (transformers 5 keeps it in ``rope_parameters``)."""
     params = getattr(text_config, "rope_parameters", None) or {}

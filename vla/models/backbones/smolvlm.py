@@ -20,7 +20,7 @@ from transformers import (
 )
 
 from vla.models.backbones.base import BackboneConfig
-from vla.models.backbones.common import VLMBackbone, VLMConfig, instantiate, load_pretrained
+from vla.models.backbones.common import VLMBackbone, VLMConfig, instantiate, leading_special_ids, load_pretrained
 from vla.models.backbones.tokenizer import load_tokenizer
 
 # named as in SmolVLM's own tokenizer config (LeRobot's SmolVLA reads tokenizer.fake_image_token_id)
@@ -165,7 +165,7 @@ class SmolVLMBackbone(VLMBackbone):
             camera_ids=[fake, glob] * cfg.image_special_tokens
             + [processor.image_token_id] * processor.image_seq_len
             + [fake] * cfg.image_special_tokens,
-            text_prefix_ids=[],
+            text_prefix_ids=leading_special_ids(tok),
             default_prompt="task",
             bidirectional_default=False,
         )
