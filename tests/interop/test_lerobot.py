@@ -140,3 +140,25 @@ def test_export_refuses_what_lerobot_cannot_load(tmp_path):
     Policy(cfg).save(tmp_path / "p")
     with pytest.raises(ValueError, match=r"closest is pi0.*expert\.type: 'dit' != 'gemma'"):
         export_lerobot(tmp_path / "p", tmp_path / "out")
+
+
+def test_export_merges_lora(lerobot_checkpoint, paligemma_dir, tmp_path):
+    """A LoRA fine-tune exports with its adapters merged into the VLM's layers (LeRobot has no adapters)."""
+    from vla.interop.lerobot import policy_from_lerobot
+
+    ckpt, _ = lerobot_checkpoint("pi05")
+    policy, _ = policy_from_lerobot(ckpt, paligemma_dir)
+    cfg = policy.config
+    cfg.backbone.lora_rank = 4
+    from vla.models.backbones.common import add_lora
+
+    add_lora(policy.backbone.lm, 4, 16)
+    for name, p in policy.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)  # a trained adapter, not the zero start
+    policy.save(tmp_path / "lora")
+    export_lerobot(tmp_path / "lora", tmp_path / "out")
+    back, _ = policy_from_lerobot(tmp_path / "out", paligemma_dir)
+    obs = {"images": torch.rand(2, 2, 3, 32, 32), "state": torch.randn(2, S), "instruction": TASKS}
+    a, b = policy.eval().predict_chunk(obs, seed=[1, 2]), back.eval().predict_chunk(obs, seed=[1, 2])
+    assert (a - b).abs().max() < 1e-5

@@ -175,3 +175,29 @@ def test_lm_logits_over_a_subset_of_ids_equals_the_full_product(preset):
     ids = torch.tensor([5, backbone.vocab_size - 1, 17])
     full = backbone.lm_logits(hidden)
     assert torch.allclose(backbone.lm_logits(hidden, ids=ids), full.index_select(-1, ids), atol=1e-5)
+
+
+def test_lora_finetune_starts_from_the_base_weights(tmp_path):
+    """peft renames a wrapped layer's weight to ``base_layer.weight``: --init-from with LoRA must still load the
+    base checkpoint's weights there (only the adapters are new, and with B = 0 the policy is unchanged)."""
+    from vla.models.backbones import BackboneConfig
+    from vla.models.heads import HeadConfig
+    from vla.train.finetune import init_from_checkpoint
+
+    torch.manual_seed(0)
+    cfg = PolicyConfig(
+        backbone=BackboneConfig.get_choice_class("smolvlm")(preset="tiny", num_layers=2),
+        head=HeadConfig.get_choice_class("flow")(),
+        chunk_size=4,
+        n_action_steps=4,
+        cameras=["a"],
+        state_dim=3,
+        action_dim=2,
+    )
+    base = Policy(cfg).eval()
+    base.save(tmp_path / "base")
+    user = PolicyConfig(**{**vars(cfg), "backbone": BackboneConfig.get_choice_class("smolvlm")(preset="tiny", lora_rank=4)})
+    tuned, plan = init_from_checkpoint(tmp_path / "base", user, base.stats)
+    assert plan["reinitialized"] and all("lora_" in k for k in plan["reinitialized"])
+    obs = {"images": torch.rand(2, 1, 3, 64, 64), "state": torch.randn(2, 3), "instruction": ["a", "b"]}
+    assert torch.equal(base.predict_chunk(obs, seed=[1, 2]), tuned.eval().predict_chunk(obs, seed=[1, 2]))

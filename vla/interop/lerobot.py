@@ -143,6 +143,18 @@ def to_ours(kind: str, tensors: dict, ours: set[str]) -> tuple[dict, list[str], 
     return mapped, dropped, unknown
 
 
+def merged_state_dict(policy: Policy) -> dict:
+    """The state dict with LoRA adapters merged into their layers (``x.base_layer.weight`` -> ``x.weight``),
+    the form a stack without our adapters loads."""
+    import copy
+
+    merged = copy.deepcopy(policy)
+    for module in merged.modules():
+        if hasattr(module, "base_layer") and hasattr(module, "merge"):
+            module.merge()
+    return {k.replace(".base_layer.", "."): v for k, v in merged.state_dict().items() if ".lora_" not in k}
+
+
 def to_lerobot(kind: str, state_dict: dict) -> dict:
     """Our state dict -> LeRobot keys with the ``model.`` prefix (its local ``save_pretrained`` layout)."""
     out = {}
@@ -501,7 +513,7 @@ def export_lerobot(ckpt: str | Path, out: str | Path, vlm_model_name: str | None
     policy = Policy.load(ckpt)
     kind = lerobot_type(policy.config)
     lr = lerobot_config_for(kind, policy, vlm_model_name)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in to_lerobot(kind, policy.state_dict()).items()}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in to_lerobot(kind, merged_state_dict(policy)).items()}
     if kind != "smolvla":  # LeRobot's loader is strict: its expert's (unused) LM head must be there
         width = policy.head.width
         tensors["model.paligemma_with_expert.gemma_expert.lm_head.weight"] = torch.zeros(257152, width)

@@ -367,8 +367,17 @@ class Policy(nn.Module):
 
         strict: any missing, unexpected or mis-shaped key is an error naming it. Otherwise
         mis-shaped and missing keys keep their fresh initialization and are reported.
+        A checkpoint without LoRA loads into a policy with it: peft renames a wrapped layer's weight
+        ``x.base_layer.weight``, which takes the checkpoint's ``x.weight`` (the adapters start fresh).
         """
         own = self.state_dict()
+        tensors = dict(tensors)
+        for key in own:
+            plain = key.replace(".base_layer.", ".")
+            if plain != key and key not in tensors and plain in tensors:
+                tensors[key] = tensors[plain]
+        consumed = {k.replace(".base_layer.", ".") for k in own if ".base_layer." in k}
+        tensors = {k: v for k, v in tensors.items() if k in own or k not in consumed}
         mismatched = [k for k, v in tensors.items() if k in own and own[k].shape != v.shape]
         unexpected = [k for k in tensors if k not in own]
         usable = {k: v for k, v in tensors.items() if k in own and k not in mismatched}
