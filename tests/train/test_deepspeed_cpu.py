@@ -101,19 +101,33 @@ def test_zero2_trains_resumes_exactly_and_exports(metaworld_layout_dataset, tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("head", ["flow", "bins"])
+@pytest.mark.parametrize("head", ["flow", "bins", "flow-gemma"])
 def test_zero3_trains_and_consolidates(head, metaworld_layout_dataset, tmp_path):
     """Parameters used inside their module's forward (flow) and read outside it: the LM-head rows a
     token head reads, and the LM head's shape when the head picks its action ids, which under
     ZeRO-3 init is an empty shard. DeepSpeed gathers a parameter read outside its module's forward
-    when it is read inside the engine's forward; this pins that too."""
+    when it is read inside the engine's forward; this pins that too. ``flow-gemma``: pi0.5's expert
+    (transformers' Gemma layers, adaptive norms), whose layers run their submodules themselves."""
     # Partition every tensor: with the shipped threshold, a tiny model's weights would all stay whole.
     config = json.loads((REPO / "configs/deepspeed/zero3.json").read_text())
     config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
     (tmp_path / "zero3.json").write_text(json.dumps(config))
     out = tmp_path / "z3"
-    port = {"flow": 29614, "bins": 29616}[head]
-    run_ds(3, metaworld_layout_dataset, out, "--train.steps=3", port=port, head=head, config=tmp_path / "zero3.json")
+    port = {"flow": 29614, "bins": 29616, "flow-gemma": 29618}[head]
+    extra = (
+        ["--policy.head.expert.type=gemma", "--policy.head.time_conditioning=adaptive"] if head == "flow-gemma" else []
+    )
+    head = head.split("-")[0]
+    run_ds(
+        3,
+        metaworld_layout_dataset,
+        out,
+        "--train.steps=3",
+        *extra,
+        port=port,
+        head=head,
+        config=tmp_path / "zero3.json",
+    )
     assert len(losses(out)) == 3 and all(math.isfinite(x) for x in losses(out))
     from vla.models.policy import Policy
 

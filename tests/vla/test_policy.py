@@ -196,7 +196,9 @@ def test_lora_finetune_starts_from_the_base_weights(tmp_path):
     )
     base = Policy(cfg).eval()
     base.save(tmp_path / "base")
-    user = PolicyConfig(**{**vars(cfg), "backbone": BackboneConfig.get_choice_class("smolvlm")(preset="tiny", lora_rank=4)})
+    user = PolicyConfig(
+        **{**vars(cfg), "backbone": BackboneConfig.get_choice_class("smolvlm")(preset="tiny", lora_rank=4)}
+    )
     tuned, plan = init_from_checkpoint(tmp_path / "base", user, base.stats)
     assert plan["reinitialized"] and all("lora_" in k for k in plan["reinitialized"])
     obs = {"images": torch.rand(2, 1, 3, 64, 64), "state": torch.randn(2, 3), "instruction": ["a", "b"]}
