@@ -27,7 +27,7 @@ SUMMARIES = {
     "train": "train a policy (one process, or many under `accelerate launch -m vla train`)",
     "export": "a plain policy checkpoint (from DeepSpeed ZeRO shards too), or LeRobot's format (pi0, pi0.5, SmolVLA)",
     "import": "read a LeRobot pi0, pi0.5 or SmolVLA checkpoint into ours",
-    "eval": "score a checkpoint (or a reference policy) on a simulated suite",
+    "eval": "score a checkpoint (or a reference policy) on a simulated suite, or open loop on recorded episodes",
     "eval-sweep": "evaluate every checkpoint of a training run and name the best",
     "serve": "serve a policy over websockets (openpi-compatible protocol)",
     "bench": "benchmarks with JSON output: data, train, infer, eval, serve",
