@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from vla.bench.peer import REPO
-from vla.interop.lerobot import import_lerobot
+from vla.interop.lerobot_import import import_lerobot
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:connect\\(\\) must be used:DeprecationWarning")]
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")

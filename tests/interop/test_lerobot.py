@@ -15,10 +15,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import CAMERAS, D, H, S, run_lerobot
+from lerobot_side import CAMERAS, D, H, S, run_lerobot
 from safetensors.torch import load_file, save_file
 
-from vla.interop.lerobot import ARCHITECTURES, export_lerobot, import_lerobot, lerobot_type
+from vla.interop.lerobot import ARCHITECTURES, lerobot_type
+from vla.interop.lerobot_export import export_lerobot
+from vla.interop.lerobot_import import import_lerobot, policy_from_lerobot
 from vla.models.policy import Policy
 
 pytestmark = pytest.mark.slow
@@ -144,13 +146,11 @@ def test_export_refuses_what_lerobot_cannot_load(tmp_path):
 
 def test_export_merges_lora(lerobot_checkpoint, paligemma_dir, tmp_path):
     """A LoRA fine-tune exports with its adapters merged into the VLM's layers (LeRobot has no adapters)."""
-    from vla.interop.lerobot import policy_from_lerobot
-
     ckpt, _ = lerobot_checkpoint("pi05")
     policy, _ = policy_from_lerobot(ckpt, paligemma_dir)
     cfg = policy.config
     cfg.backbone.lora_rank = 4
-    from vla.models.backbones.common import add_lora
+    from vla.models.backbones.options import add_lora
 
     add_lora(policy.backbone.lm, 4, 16)
     for name, p in policy.named_parameters():

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from vla.models.backbones import BackboneConfig, list_presets
-from vla.models.backbones.common import count_parameters
+from vla.models.backbones.options import count_parameters
 from vla.models.backbones.tokenizer import ASSET_PATH, build_tokenizer_json
 from vla.registry import lookup
 

@@ -83,7 +83,7 @@ def build_policy(cfg: ModelBenchConfig, device: torch.device) -> Policy:
         if cfg.weights and (Path(cfg.weights) / "stats.json").is_file():
             policy = Policy.load(cfg.weights, device=device)
         elif cfg.weights:
-            from vla.interop.lerobot import policy_from_lerobot
+            from vla.interop.lerobot_import import policy_from_lerobot
 
             policy, _ = policy_from_lerobot(cfg.weights, cfg.processor or synthetic_processor(cfg.weights))
         else:

@@ -58,7 +58,7 @@ def main(argv: list[str]) -> int:
             import json
             import tempfile
 
-            from vla.interop.lerobot import export_lerobot
+            from vla.interop.lerobot_export import export_lerobot
 
             with tempfile.TemporaryDirectory() as tmp:
                 source = a.checkpoint

@@ -28,7 +28,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--processor", type=Path, default=None, help="the VLM's folder: tokenizer, processor (config.json)")
     a = p.parse_args(argv)
     with friendly_errors("import"):
-        from vla.interop.lerobot import import_lerobot
+        from vla.interop.lerobot_import import import_lerobot
 
         report = import_lerobot(a.checkpoint, a.out, a.processor)
         print(json.dumps(report, indent=2))

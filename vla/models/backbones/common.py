@@ -1,4 +1,4 @@
-"""What the three VLM families share: the encode/decode machinery, masks, image ops, training options.
+"""What the three VLM families share: config options and the encode/decode machinery (inputs.py: images, masks; options.py: LoRA, layer cuts).
 
 Every family runs the same way: the vision tower's features are scattered into the
 image-placeholder embeddings, an optional state token is appended, and the *text
@@ -25,14 +25,20 @@ from torch import nn
 from transformers import DynamicCache
 
 from vla.models.backbones.base import Backbone, BackboneConfig
+from vla.models.backbones.inputs import IMAGE_RESIZE_MODES, build_attention_mask, resize_images
+from vla.models.backbones.options import (
+    add_lora,
+    enable_checkpointing,
+    rope_theta_of,
+    set_rope_theta,
+    truncate_layers,
+)
 from vla.models.backbones.prompt import discretize_state, lookup_prompt
 from vla.shapes import check_shape
 from vla.types import Prefix
 
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # token: one prefix token projected from the state; head: the head reads it; prompt: written into the text (pi0.5)
 STATE_MODES = ("token", "head", "prompt")
-IMAGE_RESIZE_MODES = ("stretch", "pad", "pad_top_left")
 
 
 @dataclass
@@ -119,135 +125,6 @@ def load_pretrained(cfg: VLMConfig, model_cls: type, architecture: str | None = 
         kwargs["dtype"] = getattr(torch, cfg.dtype)
     model = AutoModelForImageTextToText.from_pretrained(cfg.pretrained, **kwargs)
     return model, AutoProcessor.from_pretrained(cfg.pretrained, **processor_kwargs)
-
-
-# ----------------------------------------------------------------------------- pure tensor helpers
-
-
-def resize_images(images: torch.Tensor, size: int, mode: str = "stretch") -> torch.Tensor:
-    """(M, 3, Hi, Wi) in [0, 1] -> (M, 3, size, size) in [0, 1]; images already at that size pass unchanged.
-
-    ``stretch``: bicubic with antialiasing, what the torchvision backends of the HF image processors
-    do (the clamp mimics their uint8 round trip: bicubic overshoots). ``pad``: openpi's
-    ``resize_with_pad`` (pi0, pi0.5): bilinear to fit, aspect kept, black padding centred.
-    ``pad_top_left``: SmolVLA's variant, padding on the top and left.
-    """
-    if images.shape[-2:] == (size, size):
-        return images
-    dtype = images.dtype  # antialiased bicubic has no bf16 kernel on CPU: resize in fp32
-    images = images.float()
-    if mode == "stretch":
-        out = F.interpolate(images, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-        return out.clamp(0.0, 1.0).to(dtype)
-    h, w = images.shape[-2:]
-    ratio = max(w / size, h / size)
-    rh, rw = int(h / ratio), int(w / ratio)
-    out = F.interpolate(images, size=(rh, rw), mode="bilinear", align_corners=False).clamp(0.0, 1.0)
-    if mode == "pad":
-        top, left = (size - rh) // 2, (size - rw) // 2
-        pad = (left, size - rw - left, top, size - rh - top)
-    else:
-        pad = (size - rw, 0, size - rh, 0)
-    return F.pad(out, pad, value=0.0).to(dtype)
-
-
-def build_attention_mask(
-    prefix_mask: torch.Tensor,
-    suffix_mask: torch.Tensor | None,
-    bidirectional: bool,
-    dtype: torch.dtype,
-    causal_tail: int = 0,
-) -> torch.Tensor:
-    """Additive mask (B, 1, T, T), T = Tp + Ts: 0 where attention is allowed, dtype-min elsewhere.
-
-    Prefix queries see real prefix keys (all of them if ``bidirectional``, else earlier ones);
-    the last ``causal_tail`` prefix tokens (the state token) are not seen by the tokens before
-    them but see them all, as pi0 and SmolVLA make the state a block of its own. Suffix
-    query i sees every real prefix key, earlier real suffix keys and itself. Every token sees
-    itself, so padded rows stay finite. Additive (not bool) so eager and sdpa agree.
-    """
-    B, Tp = prefix_mask.shape
-    Ts = 0 if suffix_mask is None else suffix_mask.shape[1]
-    T = Tp + Ts
-    idx = torch.arange(T, device=prefix_mask.device)
-    causal = idx[None, :] <= idx[:, None]  # (T, T) key j <= query i
-    key_real = prefix_mask if suffix_mask is None else torch.cat([prefix_mask, suffix_mask], 1)  # (B, T)
-    allowed = key_real[:, None, :] & causal[None]  # (B, T, T)
-    if bidirectional:
-        head = Tp - causal_tail
-        allowed[:, :head, :head] = prefix_mask[:, None, :head].expand(B, head, head)
-    allowed |= torch.eye(T, dtype=torch.bool, device=prefix_mask.device)[None]
-    out = torch.zeros(B, 1, T, T, dtype=dtype, device=prefix_mask.device)
-    return out.masked_fill(~allowed[:, None], torch.finfo(dtype).min)
-
-
-# ----------------------------------------------------------------------------- training options
-
-
-def truncate_layers(lm: nn.Module, text_configs: list, num_layers: int) -> None:
-    """Keep the first ``num_layers`` decoder layers (SmolVLA-style) and say so in the configs.
-
-    The configs matter: DynamicCache sizes itself from ``num_hidden_layers``/``layer_types``
-    and Gemma's forward slices ``layers[: num_hidden_layers]``.
-    """
-    have = len(lm.layers)
-    if num_layers > have:
-        raise ValueError(f"num_layers={num_layers} but the language model has only {have} layers")
-    lm.layers = nn.ModuleList(list(lm.layers)[:num_layers])
-    for cfg in text_configs:
-        cfg.num_hidden_layers = num_layers
-        if getattr(cfg, "layer_types", None) is not None:
-            cfg.layer_types = list(cfg.layer_types)[:num_layers]
-        if getattr(cfg, "max_window_layers", None) is not None:
-            cfg.max_window_layers = min(cfg.max_window_layers, num_layers)
-
-
-def add_lora(lm: nn.Module, rank: int, alpha: int) -> None:
-    """peft LoRA on the language model's attention and MLP projections; the LM's own weights freeze."""
-    from peft import LoraConfig, inject_adapter_in_model
-
-    for p in lm.parameters():
-        p.requires_grad_(False)
-    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, target_modules=LORA_TARGETS), lm)
-    for name, p in lm.named_parameters():
-        p.requires_grad_("lora_" in name)
-
-
-def enable_checkpointing(model: nn.Module) -> None:
-    """Activation checkpointing on every decoder/vision layer; non-reentrant so frozen inputs still backprop."""
-    kwargs = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-
-
-def leading_special_ids(tokenizer) -> list[int]:
-    """The ids a tokenizer puts before any text by itself (a BOS), which LeRobot's processors keep:
-    they tokenize with ``add_special_tokens=True``."""
-    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
-    full = tokenizer("a", add_special_tokens=True)["input_ids"]
-    return full[: len(full) - len(plain)] if full[len(full) - len(plain) :] == plain else []
-
-
-def rope_theta_of(text_config) -> float:
-    """The rotary base of a language-model config (transformers 5 keeps it in ``rope_parameters``)."""
-    params = getattr(text_config, "rope_parameters", None) or {}
-    return float(params.get("rope_theta", getattr(text_config, "rope_theta", 10_000.0)))
-
-
-def set_rope_theta(lm: nn.Module, text_config, theta: float) -> None:
-    """Give the language model another rotary base: the configs say so and the rotary module is rebuilt."""
-    for cfg in {id(c): c for c in (text_config, lm.config)}.values():
-        params = dict(getattr(cfg, "rope_parameters", None) or {"rope_type": "default"})
-        params["rope_theta"] = float(theta)
-        cfg.rope_parameters = params
-    device = lm.rotary_emb.inv_freq.device
-    lm.rotary_emb = type(lm.rotary_emb)(config=lm.config).to(device)
-
-
-def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
 # ----------------------------------------------------------------------------- the shared wrapper

@@ -20,7 +20,8 @@ from transformers import (
 )
 
 from vla.models.backbones.base import BackboneConfig
-from vla.models.backbones.common import VLMBackbone, VLMConfig, instantiate, leading_special_ids, load_pretrained
+from vla.models.backbones.common import VLMBackbone, VLMConfig, instantiate, load_pretrained
+from vla.models.backbones.inputs import leading_special_ids
 from vla.models.backbones.tokenizer import load_tokenizer
 
 # named as in SmolVLM's own tokenizer config (LeRobot's SmolVLA reads tokenizer.fake_image_token_id)
