@@ -44,6 +44,12 @@ def evaluate_offline(
     picks = np.unique(np.linspace(0, len(src) - 1, min(frames, len(src))).round().astype(int))
     errors, baseline, errors_norm, weights = [], [], [], []
     norm = policy.normalizers[0]
+    stats = policy.stats.get("members", [policy.stats])[0].get("actions", {})
+    if "mean" not in stats:
+        raise KeyError(
+            f"the policy's action statistics have no mean (they have {sorted(stats)}): no baseline to report"
+        )
+    mean = torch.tensor(stats["mean"], dtype=torch.float32, device=device)  # the dataset-mean predictor
     for start in range(0, len(picks), batch_size):
         idx = picks[start : start + batch_size]
         batch = collate([src[int(i)] for i in idx])
@@ -51,9 +57,8 @@ def evaluate_offline(
         pred = policy.predict_chunk(batch, seed=[seed * 1_000_003 + int(i) for i in idx])  # (B, H, D)
         target = batch["actions"].float()
         w = (~batch["action_pad"].bool()).float()[..., None].expand_as(target)  # (B, H, D)
-        mean = norm.unnormalize("actions", torch.zeros_like(target))  # the dataset-mean predictor
         errors.append(((pred - target).abs() * w).cpu())
-        baseline.append(((mean - target).abs() * w).cpu())
+        baseline.append(((mean.expand_as(target) - target).abs() * w).cpu())
         errors_norm.append(((norm.normalize("actions", pred) - norm.normalize("actions", target)).abs() * w).cpu())
         weights.append(w.cpu())
     err, base, errn, w = (torch.cat(x) for x in (errors, baseline, errors_norm, weights))

@@ -62,24 +62,30 @@ def _model_cfg(a):
 def run_train(a) -> list[dict]:
     from vla.bench.model import bench_train
 
-    if a.same_weights:  # the peer first: it builds and saves the weights ours then starts from
-        peer = _peer_rows(a, infer_only=False, wanted="train_step")
-        return bench_train(_model_cfg(a)) + peer
-    return bench_train(_model_cfg(a)) + _peer_rows(a, infer_only=False, wanted="train_step")
+    ours, peer = _ours_and_peer(a, bench_train, infer_only=False, wanted="train_step")
+    return ours + peer
 
 
 def run_infer(a) -> dict | list[dict]:
     from vla.bench.model import bench_infer
 
-    if a.same_weights:
-        peer = _peer_rows(a, infer_only=True, wanted="infer_chunk_b1")
-        return [bench_infer(_model_cfg(a)), *peer]
-    ours = bench_infer(_model_cfg(a))
-    peer = _peer_rows(a, infer_only=True, wanted="infer_chunk_b1")
+    ours, peer = _ours_and_peer(a, bench_infer, infer_only=True, wanted="infer_chunk_b1")
     return [ours, *peer] if peer else ours
 
 
-def _peer_rows(a, infer_only: bool, wanted: str) -> list[dict]:
+def _ours_and_peer(a, bench, infer_only: bool, wanted: str):
+    """Our measurement and, with --peer, the peer's. With --same-weights the peer runs first: it saves
+    its freshly built policy, and ours starts from those weights."""
+    if not a.same_weights:
+        return bench(_model_cfg(a)), _peer_rows(a, infer_only, wanted)
+    import tempfile
+
+    a.weights = tempfile.mkdtemp(prefix="vla-bench-peer-weights-")
+    peer = _peer_rows(a, infer_only, wanted, save_to=a.weights)
+    return bench(_model_cfg(a)), peer
+
+
+def _peer_rows(a, infer_only: bool, wanted: str, save_to: str | None = None) -> list[dict]:
     """With --peer: the same measurement from LeRobot's own policy, run in a child process."""
     if not a.peer:
         return []
@@ -94,11 +100,6 @@ def _peer_rows(a, infer_only: bool, wanted: str) -> list[dict]:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    save_to = None
-    if a.same_weights:
-        import tempfile
-
-        save_to = a.weights = tempfile.mkdtemp(prefix="vla-bench-peer-weights-")
     rows = run_peer(
         a.peer, batch_sizes=_ints(a.batch_sizes), infer_only=infer_only, pythonpath=a.peer_pythonpath, save_to=save_to
     )

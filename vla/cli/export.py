@@ -65,7 +65,7 @@ def main(argv: list[str]) -> int:
                 if a.ema or a.from_zero:  # consolidate first, then convert
                     source = export_checkpoint(a.checkpoint, Path(tmp) / "policy", a.ema, a.from_zero)
                 report = export_lerobot(source, a.out, a.vlm_model_name)
-            print(json.dumps({k: v for k, v in report.items() if k != "config"}))
+            print(json.dumps(report))
             return 0
         path = export_checkpoint(a.checkpoint, a.out, a.ema, a.from_zero)
         print(f"exported {a.checkpoint} -> {path}")

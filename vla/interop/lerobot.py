@@ -28,6 +28,7 @@ TYPES = ("pi0", "pi05", "smolvla")
 PALIGEMMA_TOKENIZER = "google/paligemma-3b-pt-224"  # what LeRobot's pi0/pi0.5 processors load
 SMOLVLM = "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"
 PI0_HEADS = 8  # LeRobot's pi0/pi0.5 reshape attention with a literal 8 query heads (modeling_pi0.py:124)
+PI0_EXPERT_VOCAB = 257152  # LeRobot builds pi0's expert with PaliGemma's vocabulary (its LM head is never read)
 
 # Our options that make each LeRobot model (everything else is dimensions, read from shapes).
 _PI_BACKBONE = dict(type="paligemma", image_resize="pad", position_offset=0, prefix_attention="bidirectional")
@@ -80,6 +81,7 @@ KEYS = {
     ],
 }
 UNUSED = {"paligemma_with_expert.gemma_expert.lm_head.weight"}  # pi0's expert LM head: never read
+FEATURES = {"state": "observation.state", "actions": "action"}  # our canonical names -> LeRobot's keys
 NORM_MODES = {"MEAN_STD": "mean_std", "QUANTILES": "quantile", "MIN_MAX": "min_max", "IDENTITY": "identity"}
 
 

@@ -4,22 +4,25 @@ processor factories (so the JSON is the JSON LeRobot writes). The policy must be
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from vla.config import to_dict
 from vla.interop.lerobot import (
+    FEATURES,
     NORM_MODES,
     PALIGEMMA_TOKENIZER,
+    PI0_EXPERT_VOCAB,
     SMOLVLM,
     lerobot_classes,
     lerobot_type,
     merged_state_dict,
     to_lerobot,
 )
-from vla.models.policy import Policy
+from vla.models.policy import Policy, architecture_of
 from vla.utils.atomic import atomic_dir
 
 
@@ -60,26 +63,21 @@ def lerobot_config_for(kind: str, policy: Policy, vlm_model_name: str | None):
     )  # fmt: skip
 
 
-class _LocalTokenizer:
+@contextlib.contextmanager
+def local_tokenizer(name: str, folder: Path):
     """Within the block, ``AutoTokenizer.from_pretrained(name)`` reads ``folder`` instead of the hub:
     LeRobot's processor factories load the tokenizer by its hub name, which stays in the JSON they write."""
+    from transformers import AutoTokenizer
 
-    def __init__(self, name: str, folder: Path):
-        self.name, self.folder = name, str(folder)
-
-    def __enter__(self):
-        import transformers
-
-        self.original = transformers.AutoTokenizer.from_pretrained
-        original, name, folder = self.original.__func__, self.name, self.folder
-        transformers.AutoTokenizer.from_pretrained = classmethod(
-            lambda cls, n, *a, **kw: original(cls, folder if n == name else n, *a, **kw)
-        )
-
-    def __exit__(self, *exc):
-        import transformers
-
-        transformers.AutoTokenizer.from_pretrained = self.original
+    saved = inspect.getattr_static(AutoTokenizer, "from_pretrained")
+    load = AutoTokenizer.from_pretrained.__func__
+    AutoTokenizer.from_pretrained = classmethod(
+        lambda cls, n, *a, **kw: load(cls, str(folder) if n == name else n, *a, **kw)
+    )
+    try:
+        yield
+    finally:
+        AutoTokenizer.from_pretrained = saved
 
 
 def export_lerobot(ckpt: str | Path, out: str | Path, vlm_model_name: str | None = None) -> dict:
@@ -91,25 +89,23 @@ def export_lerobot(ckpt: str | Path, out: str | Path, vlm_model_name: str | None
     tensors = {k: v.detach().contiguous().cpu() for k, v in to_lerobot(kind, merged_state_dict(policy)).items()}
     if kind != "smolvla":  # LeRobot's loader is strict: its expert's (unused) LM head must be there
         width = policy.head.width
-        tensors["model.paligemma_with_expert.gemma_expert.lm_head.weight"] = torch.zeros(257152, width)
+        tensors["model.paligemma_with_expert.gemma_expert.lm_head.weight"] = torch.zeros(PI0_EXPERT_VOCAB, width)
     seen, unique = set(), {}
     for k, v in tensors.items():  # tied tables are one storage; safetensors wants separate tensors
         unique[k] = v.clone() if v.data_ptr() in seen else v
         seen.add(v.data_ptr())
     stats = {
-        {"state": "observation.state", "actions": "action"}[name]: {
-            s: torch.tensor(v, dtype=torch.float32) for s, v in d.items()
-        }
+        FEATURES[name]: {s: torch.tensor(v, dtype=torch.float32) for s, v in d.items()}
         for name, d in policy.stats.items()
-        if name in ("state", "actions")
+        if name in FEATURES
     }
     _, processors = lerobot_classes(kind)
     tokenizer_name = lr.vlm_model_name if kind == "smolvla" else PALIGEMMA_TOKENIZER
     with atomic_dir(out) as tmp:
         lr._save_pretrained(Path(tmp))
         save_file(unique, str(Path(tmp) / "model.safetensors"))
-        with _LocalTokenizer(tokenizer_name, ckpt / "backbone"):
+        with local_tokenizer(tokenizer_name, architecture_of(ckpt)):
             pre, post = processors(lr, dataset_stats=stats)
         pre.save_pretrained(tmp)
         post.save_pretrained(tmp)
-    return {"type": kind, "out": str(out), "tensors": len(unique), "config": to_dict(policy.config)["head"]}
+    return {"type": kind, "out": str(out), "tensors": len(unique)}

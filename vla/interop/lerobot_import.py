@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from vla.config import from_dict
 from vla.interop.lerobot import (
     ARCHITECTURES,
+    FEATURES,
     NORM_MODES,
     PALIGEMMA_TOKENIZER,
     PI0_HEADS,
@@ -52,9 +53,9 @@ def read_stats(src: Path) -> dict | None:
     raw = load_file(str(files[0]))
     stats: dict[str, dict] = {"state": {}, "actions": {}}
     for key, value in raw.items():
-        for theirs, ours in (("observation.state.", "state"), ("action.", "actions")):
-            if key.startswith(theirs):
-                stats[ours][key[len(theirs) :]] = value.double().flatten().tolist()
+        for ours, theirs in FEATURES.items():
+            if key.startswith(theirs + "."):
+                stats[ours][key[len(theirs) + 1 :]] = value.double().flatten().tolist()
     return {k: v for k, v in stats.items() if v} or None
 
 
@@ -178,7 +179,7 @@ def policy_config(kind: str, lr, tensors: dict, vlm_layers: int, source) -> Poli
     ]
     shapes = [f.shape for f in lr.input_features.values() if f.type is FeatureType.VISUAL]
     side = lr.resize_imgs_with_padding[0] if kind == "smolvla" else lr.image_resolution[0]
-    backbone = {k: v for k, v in ARCHITECTURES[kind]["backbone"].items()}
+    backbone = dict(ARCHITECTURES[kind]["backbone"])
     backbone.update(preset=f"imported-{kind}", max_text_tokens=lr.tokenizer_max_length, image_size=side)
     if kind == "smolvla":
         backbone["pretrained"] = lr.vlm_model_name  # where its VLM came from (the checkpoint loads without it)

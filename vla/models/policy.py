@@ -237,7 +237,6 @@ class Policy(nn.Module):
         images = obs["images"]
         if images.dtype == torch.uint8:
             obs["images"] = images = images.float() / 255.0
-        obs.setdefault("image_mask", torch.ones(images.shape[:2], dtype=torch.bool, device=images.device))
         steps = num_steps or self.config.inference_steps
         rng = contextlib.nullcontext()
         if seed is not None:
