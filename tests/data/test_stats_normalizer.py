@@ -9,7 +9,9 @@ from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from data_pipelines.feature_map import FeatureMap
 from data_pipelines.lerobot_source import default_video_backend, open_meta
 from data_pipelines.stats import compute_stats, load_stats, save_stats
+from vla.models.heads.discrete import FastHeadConfig
 from vla.models.normalizer import Normalizer
+from vla.models.policy import PolicyConfig
 
 
 def all_rows(root, key):
@@ -105,4 +107,10 @@ def test_cli_stats_and_fit_tokenizer(metaworld_layout_dataset, copy_dataset, tmp
     assert "fitted on 44 chunks of H=8, D=4" in out and "mean tokens per chunk" in out
     mae = float(out.split("reconstruction MAE: ")[1].split()[0])
     assert mae < 0.1
-    assert load_tokenizer(tmp_path / "tok").is_fitted
+    tok = load_tokenizer(tmp_path / "tok")
+    assert tok.is_fitted and tok.normalization == "quantile"
+    # A policy normalizing its actions otherwise than the tokenizer was fitted is refused, naming both.
+    fast = FastHeadConfig(tokenizer_path=str(tmp_path / "tok"), vocab_size=256)
+    assert PolicyConfig(head=fast).action_norm == "quantile"
+    with pytest.raises(ValueError, match=r"fitted on 'quantile'-normalized actions but policy.action_norm='min_max'"):
+        PolicyConfig(head=fast, action_norm="min_max")

@@ -82,7 +82,7 @@ def build_head(name: str, backbone, batch: dict | None = None, **overrides):
     if name == "fast":
         # the tokenizer is fitted on the dataset's chunks before training (here: the demo's)
         chunks = demo(4, seed=1)["actions"] if batch is None else batch["actions"]
-        head.fit_tokenizer(chunks.numpy())
+        head.fit_tokenizer(chunks.numpy(), normalization="quantile")
     return head
 
 
@@ -289,6 +289,18 @@ def test_time_functions():
     t = sample_beta_time(20_000, 1.5, 1.0, generator=torch.Generator().manual_seed(0))
     assert t.min() >= 1e-3 and t.max() <= 1.0
     assert abs(t.mean().item() - 0.6) < 0.01  # Beta(1.5, 1) has mean 0.6: noisier times (t near 1) favoured
+    for a, b in ((1.5, 1.0), (2.0, 5.0)):  # Beta(a, b): mean a/(a+b), variance ab/((a+b)^2 (a+b+1))
+        t = (sample_beta_time(20_000, a, b, generator=torch.Generator().manual_seed(1)) - 1e-3) / (1 - 1e-3)
+        assert t.mean().item() == pytest.approx(a / (a + b), abs=0.01)
+        assert t.var().item() == pytest.approx(a * b / ((a + b) ** 2 * (a + b + 1)), rel=0.05)
+    # Deterministic per seed, and with one generator per sample each time is its own generator's alone.
+    assert torch.equal(
+        sample_beta_time(8, generator=torch.Generator().manual_seed(3)),
+        sample_beta_time(8, generator=torch.Generator().manual_seed(3)),
+    )
+    per_sample = sample_beta_time(3, generator=[torch.Generator().manual_seed(s) for s in (4, 5, 6)])
+    alone = sample_beta_time(1, generator=[torch.Generator().manual_seed(5)])
+    assert per_sample[1] == alone[0] and per_sample[0] != per_sample[1]
     emb = sinusoidal_embedding(torch.tensor([0.0, 0.5, 1.0]), 16)
     assert emb.shape == (3, 16) and not torch.allclose(emb[1], emb[2])
     with pytest.raises(ValueError, match="even"):

@@ -68,7 +68,7 @@ def test_fast_chunks_stay_inside_episodes(metaworld_layout_dataset):
     policy = Policy(cfg, data.stats)
     chunks = normalized_action_chunks(data, policy)
     assert chunks.shape == ((24 - 4) + (20 - 4), 5, 4)  # windows of 5 inside episodes of 24 and 20 frames
-    report = policy.head.fit_tokenizer(chunks)
+    report = policy.head.fit_tokenizer(chunks, normalization=cfg.action_norm)
     assert report["mean_tokens_per_chunk"] > 0
 
 
@@ -157,3 +157,18 @@ def test_checkpoints_carry_the_dataset_keys_for_the_server(metaworld_layout_data
     }
     obs = served.to_canonical(request, ["front", "wrist"], 4)
     assert [int(im[0, 0, 0]) for im in obs.images] == [0, 1]  # dataset camera order kept
+
+
+def test_token_heads_train_on_bounded_actions(metaworld_layout_dataset):
+    """A perfect token sequence must reconstruct the training targets: bins would clip mean/std actions."""
+    data = build_training_data(
+        DatasetConfig(root=str(metaworld_layout_dataset)), _policy_cfg("bins", 5), AugmentConfig(enabled=False)
+    )
+    cfg = _policy_cfg("bins", 5)
+    assert cfg.action_norm == "quantile"  # the token head's own choice, not the mean/std default
+    cfg.cameras, cfg.state_dim, cfg.action_dim = data.cameras, data.state_dim, data.action_dim
+    policy = Policy(cfg, data.stats)
+    chunks = normalized_action_chunks(data, policy)  # (N, H, D) as the head trains on them
+    tok = policy.head.tokenizer
+    errors = [abs(tok.decode(tok.encode(c), 5, 4) - c).mean() for c in chunks]
+    assert sum(errors) / len(errors) < tok.bin_width  # half a bin on average, plus the few clipped tails

@@ -13,7 +13,12 @@ from vla.models.policy import Policy, PolicyConfig, checkpoint_hash
 
 STATS = {
     "state": {"mean": [1.0, 2.0, 3.0, 4.0], "std": [2.0, 2.0, 2.0, 2.0]},
-    "actions": {"mean": [10.0, -10.0, 0.0], "std": [5.0, 1.0, 0.5]},
+    "actions": {
+        "mean": [10.0, -10.0, 0.0],
+        "std": [5.0, 1.0, 0.5],
+        "q01": [0.0, -12.0, -1.0],
+        "q99": [20.0, -8.0, 1.0],
+    },
 }
 
 
@@ -203,3 +208,13 @@ def test_lora_finetune_starts_from_the_base_weights(tmp_path):
     assert plan["reinitialized"] and all("lora_" in k for k in plan["reinitialized"])
     obs = {"images": torch.rand(2, 1, 3, 64, 64), "state": torch.randn(2, 3), "instruction": ["a", "b"]}
     assert torch.equal(base.predict_chunk(obs, seed=[1, 2]), tuned.eval().predict_chunk(obs, seed=[1, 2]))
+
+
+@pytest.mark.parametrize("head", ["bins", "fast"])
+def test_token_heads_refuse_unbounded_action_normalization(head):
+    head_cfg = HeadConfig.get_choice_class(head)()
+    assert PolicyConfig(head=head_cfg).action_norm == "quantile"
+    assert PolicyConfig(head=head_cfg, action_norm="min_max").action_norm == "min_max"
+    with pytest.raises(ValueError, match=rf"policy.head.type={head} .*policy.action_norm='mean_std'"):
+        PolicyConfig(head=head_cfg, action_norm="mean_std")
+    assert PolicyConfig(head=HeadConfig.get_choice_class("flow")()).action_norm == "mean_std"

@@ -150,7 +150,7 @@ def cmd_fit_tokenizer(args: argparse.Namespace) -> int:
     norm = Normalizer({"actions": fm.stats_for(stats)["actions"]}, {"actions": args.norm})
     chunks = action_chunks(root, args.chunk, args.max_chunks, args.seed)
     normed = norm.normalize("actions", torch.as_tensor(chunks, dtype=torch.float32)).numpy()  # (N, H, D)
-    tok = fit_fast_tokenizer(normed, vocab_size=args.vocab_size, scale=args.scale)
+    tok = fit_fast_tokenizer(normed, vocab_size=args.vocab_size, scale=args.scale, normalization=args.norm)
     path = tok.save(args.out)
     report = tok.report(normed)
     print(f"fitted on {len(normed)} chunks of H={args.chunk}, D={normed.shape[-1]} ({args.norm} normalized)")
@@ -250,7 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--chunk", type=int, default=50, help="action chunk length H")
     f.add_argument("--vocab-size", type=int, default=1024)
     f.add_argument("--scale", type=float, default=10.0, help="DCT coefficient scale (precision vs length)")
-    f.add_argument("--norm", default="quantile", choices=["quantile", "mean_std", "min_max"])
+    f.add_argument(
+        "--norm",
+        default="quantile",
+        choices=["quantile", "min_max"],
+        help="action normalization (recorded in the tokenizer; training must use the same policy.action_norm)",
+    )
     f.add_argument("--stats", default=None, help="stats file (default: the dataset's meta/stats.json)")
     f.add_argument("--max-chunks", type=int, default=5000, help="fit on at most this many chunks (random)")
     f.add_argument("--seed", type=int, default=0)

@@ -86,7 +86,7 @@ class PolicyConfig:
     n_action_steps: int = 5  # actions executed from each chunk before predicting again
     temporal_ensemble_coeff: float | None = None  # ACT-style: predict every step, average overlapping chunks
     state_norm: str = "mean_std"  # mean_std | min_max | quantile
-    action_norm: str = "mean_std"
+    action_norm: str | None = None  # mean_std | min_max | quantile; None: the head's own (bounded for token heads)
     # Widths the model is built for: the robot's state and actions are zero-padded to them (0: no padding).
     # pi0, pi0.5 and SmolVLA use 32, so one checkpoint fits robots of any width up to 32 and the flow
     # noise has the same shape (B, H, 32) as in LeRobot and openpi.
@@ -103,6 +103,8 @@ class PolicyConfig:
 
     def __post_init__(self):
         self.backbone = resolve_backbone_config(self.backbone)
+        self.action_norm = self.action_norm or self.head.default_action_norm
+        self.head.check_action_norm(self.action_norm)
         if self.n_action_steps > self.chunk_size:
             raise ValueError(f"policy.n_action_steps={self.n_action_steps} exceeds policy.chunk_size={self.chunk_size}")
         if self.temporal_ensemble_coeff is not None and self.n_action_steps != 1:

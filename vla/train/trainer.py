@@ -77,7 +77,8 @@ class Trainer:
                 self.policy, plan = Policy(cfg.policy, self.data.stats), None
         tokenizer = getattr(self.policy.head, "tokenizer", None)
         if tokenizer is not None and not tokenizer.is_fitted:  # FAST: fit on this dataset's action chunks
-            report = self.policy.head.fit_tokenizer(normalized_action_chunks(self.data, self.policy))
+            chunks = normalized_action_chunks(self.data, self.policy)
+            report = self.policy.head.fit_tokenizer(chunks, normalization=self.policy.config.action_norm)
             if self.is_main:
                 print(f"fitted the FAST tokenizer on the dataset: {report}", flush=True)
         self.unused = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import ClassVar
 
 import draccus
 import torch
@@ -16,9 +17,23 @@ from torch import nn
 
 @dataclass
 class HeadConfig(draccus.ChoiceRegistry):
+    # The action normalizations this head trains correctly on (None: any), and the one a policy uses
+    # when ``policy.action_norm`` is not set. The head is the object that knows: token heads cover
+    # [-1, 1] with their vocabulary, so mean/std actions (12-54% outside on MetaWorld) would be clipped.
+    action_norms: ClassVar[tuple[str, ...] | None] = None
+    default_action_norm: ClassVar[str] = "mean_std"
+
     @property
     def type(self) -> str:
         return self.get_choice_name(self.__class__)
+
+    def check_action_norm(self, mode: str) -> None:
+        """Raise if actions normalized with ``mode`` would train this head wrong."""
+        if self.action_norms is not None and mode not in self.action_norms:
+            raise ValueError(
+                f"policy.head.type={self.type} needs bounded actions: policy.action_norm must be one of "
+                f"{list(self.action_norms)}, got policy.action_norm={mode!r} (leave it unset for {self.default_action_norm!r})"
+            )
 
     def build(self, backbone, horizon: int, action_dim: int) -> Head:
         raise TypeError(f"{type(self).__name__} must implement build()")
@@ -43,6 +58,9 @@ class Head(nn.Module, abc.ABC):
         ``prefix_fn(**kwargs) -> Prefix`` runs the backbone (so discrete heads can pass a
         suffix). ``batch`` carries ``actions``, ``action_pad`` (B, H) and
         ``action_dim_mask`` (B, D); padded steps and dims never contribute to the loss.
+        A stochastic head draws each sample's noise/time with ``vla.utils.sample_rng`` from
+        ``batch.get("generators")`` (one generator per sample in training, else None: the
+        global RNG), so a sample's draws do not depend on the rank or batch it lands in.
         """
 
     @abc.abstractmethod

@@ -44,6 +44,7 @@ from vla.models.heads.tokenizers import (
     ActionTokenizer,
     BinsTokenizer,
     FastTokenizer,
+    check_tokenizer_normalization,
     load_tokenizer,
     tokenizer_from_state,
 )
@@ -52,9 +53,18 @@ from vla.shapes import check_shape
 IGNORE = -100  # cross-entropy target of padded tokens
 
 
+@dataclass
+class TokenHeadConfig(HeadConfig):
+    """What both token heads share: their vocabulary covers normalized actions in [-1, 1], so the
+    actions must be normalized into that range (q01/q99 or min/max), not by mean/std."""
+
+    action_norms = ("quantile", "min_max")
+    default_action_norm = "quantile"
+
+
 @HeadConfig.register_subclass("bins")
 @dataclass
-class BinsHeadConfig(HeadConfig):
+class BinsHeadConfig(TokenHeadConfig):
     n_bins: int = 256  # uniform bins per dim over the normalized range [-1, 1]
 
     def build(self, backbone, horizon: int, action_dim: int) -> DiscreteHead:
@@ -63,11 +73,16 @@ class BinsHeadConfig(HeadConfig):
 
 @HeadConfig.register_subclass("fast")
 @dataclass
-class FastHeadConfig(HeadConfig):
+class FastHeadConfig(TokenHeadConfig):
     vocab_size: int = 1024  # FAST BPE vocabulary; the head reserves vocab_size + 1 (end token) VLM ids
     scale: float = 10.0  # DCT coefficient scale
     max_tokens: int = 256  # longest decoded sequence, end token included
     tokenizer_path: str | None = None  # a directory written by `vla data fit-tokenizer`
+
+    def check_action_norm(self, mode: str) -> None:
+        super().check_action_norm(mode)
+        if self.tokenizer_path:  # a tokenizer fitted by `vla data fit-tokenizer` records its normalization
+            check_tokenizer_normalization(load_tokenizer(self.tokenizer_path), mode, self.tokenizer_path)
 
     def build(self, backbone, horizon: int, action_dim: int) -> DiscreteHead:
         tokenizer = (
@@ -152,11 +167,13 @@ class DiscreteHead(Head):
         self.state_token = StateToken(state_dim, backbone.width) if state_dim else None
 
     # ---- tokenizer management ---------------------------------------------------------
-    def fit_tokenizer(self, chunks: np.ndarray) -> dict[str, float]:
-        """Fit the action tokenizer on normalized chunks (N, H, D); returns its round-trip report."""
+    def fit_tokenizer(self, chunks: np.ndarray, normalization: str) -> dict[str, float]:
+        """Fit the action tokenizer on chunks (N, H, D) normalized with ``normalization`` (recorded in
+        the tokenizer); returns its round-trip report."""
         chunks = np.asarray(chunks)
         check_shape("chunks", chunks, "N H D", H=self.horizon, D=self.action_dim)
         self.tokenizer.fit(chunks)
+        self.tokenizer.normalization = normalization
         if self.tokenizer.vocab_size > self.n_action - (0 if self.fixed_length else 1):
             raise ValueError(f"fitted tokenizer has {self.tokenizer.vocab_size} ids, head reserved {self.n_action}")
         return self.tokenizer.report(chunks[:1000])

@@ -6,6 +6,7 @@ Importing this package registers every tokenizer: add one file plus one import l
 from vla.models.heads.tokenizers.base import (
     ActionTokenizer,
     ActionTokenizerConfig,
+    check_tokenizer_normalization,
     load_tokenizer,
     tokenizer_from_state,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "BinsTokenizerConfig",
     "FastTokenizer",
     "FastTokenizerConfig",
+    "check_tokenizer_normalization",
     "fit_fast_tokenizer",
     "load_tokenizer",
     "tokenizer_from_state",

@@ -43,6 +43,9 @@ class ActionTokenizer(abc.ABC):
     """
 
     name: str
+    # The action normalization of the chunks it was fitted on (``vla data fit-tokenizer --norm``, or the
+    # policy's when the trainer fits it); a policy normalizing otherwise would feed it other numbers.
+    normalization: str | None = None
 
     @property
     @abc.abstractmethod
@@ -66,12 +69,16 @@ class ActionTokenizer(abc.ABC):
         """Token ids -> chunk (H, D) float32; malformed input still gives (H, D)."""
 
     @abc.abstractmethod
-    def state_dict(self) -> dict:
-        """JSON-able state from which ``from_state`` rebuilds an identical tokenizer."""
+    def params(self) -> dict:
+        """JSON-able parameters from which ``from_params`` rebuilds an identical tokenizer."""
 
     @classmethod
     @abc.abstractmethod
-    def from_state(cls, state: dict) -> ActionTokenizer: ...
+    def from_params(cls, params: dict) -> ActionTokenizer: ...
+
+    def state_dict(self) -> dict:
+        """Everything ``tokenizer_from_state`` needs: the type, the normalization and the parameters."""
+        return {"type": self.name, "normalization": self.normalization, **self.params()}
 
     def report(self, chunks: np.ndarray) -> dict[str, float]:
         """Round-trip quality on normalized chunks (N, H, D): what ``vla data fit-tokenizer`` prints."""
@@ -107,7 +114,20 @@ def tokenizer_from_state(state: dict) -> ActionTokenizer:
     if "type" not in state:
         raise KeyError(f"action tokenizer state has no 'type'; keys: {sorted(state)}")
     config_cls = lookup(ActionTokenizerConfig, state["type"], "action tokenizer")
-    return config_cls.tokenizer_class.from_state(state)
+    params = {k: v for k, v in state.items() if k not in ("type", "normalization")}
+    tokenizer = config_cls.tokenizer_class.from_params(params)
+    tokenizer.normalization = state.get("normalization")
+    return tokenizer
+
+
+def check_tokenizer_normalization(tokenizer: ActionTokenizer, action_norm: str, source: str) -> None:
+    """A tokenizer fitted on differently normalized actions is an error that names both."""
+    if tokenizer.normalization is not None and tokenizer.normalization != action_norm:
+        raise ValueError(
+            f"action tokenizer {source} was fitted on {tokenizer.normalization!r}-normalized actions but "
+            f"policy.action_norm={action_norm!r}: refit it (vla data fit-tokenizer --norm {action_norm}) "
+            f"or set policy.action_norm={tokenizer.normalization}"
+        )
 
 
 def load_tokenizer(directory: str | os.PathLike) -> ActionTokenizer:

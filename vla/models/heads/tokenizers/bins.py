@@ -58,12 +58,12 @@ class BinsTokenizer(ActionTokenizer):
         pad = np.full(horizon * action_dim - ids.size, self.encode_array(0.0), dtype=np.int64)
         return self.decode_array(np.concatenate([ids, pad])).reshape(horizon, action_dim)
 
-    def state_dict(self) -> dict:
-        return {"type": self.name, "n_bins": self.n_bins, "low": self.low, "high": self.high}
+    def params(self) -> dict:
+        return {"n_bins": self.n_bins, "low": self.low, "high": self.high}
 
     @classmethod
-    def from_state(cls, state: dict) -> BinsTokenizer:
-        return cls(state["n_bins"], state["low"], state["high"])
+    def from_params(cls, params: dict) -> BinsTokenizer:
+        return cls(params["n_bins"], params["low"], params["high"])
 
 
 @ActionTokenizerConfig.register_subclass("bins")

@@ -131,9 +131,8 @@ class FastTokenizer(ActionTokenizer):
         return scipy.fft.idct(coeff, axis=0, norm="ortho").astype(np.float32)
 
     # ---- state ------------------------------------------------------------------------
-    def state_dict(self) -> dict:
+    def params(self) -> dict:
         return {
-            "type": self.name,
             "vocab_size": self.target_vocab_size,
             "scale": self.scale,
             "min_coeff": self.min_coeff,
@@ -144,11 +143,11 @@ class FastTokenizer(ActionTokenizer):
         }
 
     @classmethod
-    def from_state(cls, state: dict) -> FastTokenizer:
-        tok = cls(state["vocab_size"], state["scale"])
-        tok.min_coeff, tok.max_coeff = state["min_coeff"], state["max_coeff"]
-        tok.horizon, tok.action_dim = state["horizon"], state["action_dim"]
-        tok._bpe = Tokenizer.from_str(state["bpe"]) if state.get("bpe") else None
+    def from_params(cls, params: dict) -> FastTokenizer:
+        tok = cls(params["vocab_size"], params["scale"])
+        tok.min_coeff, tok.max_coeff = params["min_coeff"], params["max_coeff"]
+        tok.horizon, tok.action_dim = params["horizon"], params["action_dim"]
+        tok._bpe = Tokenizer.from_str(params["bpe"]) if params.get("bpe") else None
         return tok
 
 
@@ -164,6 +163,10 @@ class FastTokenizerConfig(ActionTokenizerConfig):
         return FastTokenizer(self.vocab_size, self.scale)
 
 
-def fit_fast_tokenizer(chunks: np.ndarray, vocab_size: int = 1024, scale: float = 10.0) -> FastTokenizer:
-    """Fit a FAST tokenizer on normalized chunks (N, H, D); used by ``vla data fit-tokenizer``."""
-    return FastTokenizer(vocab_size, scale).fit(chunks)
+def fit_fast_tokenizer(
+    chunks: np.ndarray, vocab_size: int = 1024, scale: float = 10.0, normalization: str | None = None
+) -> FastTokenizer:
+    """Fit a FAST tokenizer on chunks (N, H, D) normalized with ``normalization``; used by ``vla data fit-tokenizer``."""
+    tokenizer = FastTokenizer(vocab_size, scale).fit(chunks)
+    tokenizer.normalization = normalization
+    return tokenizer
