@@ -58,7 +58,8 @@ def paligemma_model_config(
     image_token_id: int,
     pad_token_id: int,
 ) -> PaliGemmaConfig:
-    """Every dimension of a PaliGemma model. ``projection_dim`` must equal the text width (FACTS.md)."""
+    """Every dimension of a PaliGemma model. ``projection_dim`` must equal the text width (the
+    projector feeds image features straight into the text model)."""
     text = dict(
         model_type="gemma",
         hidden_size=text_width,

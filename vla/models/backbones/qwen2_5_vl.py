@@ -86,7 +86,8 @@ def qwen2_5_vl_model_config(
     eos_token_id: int | None = None,
     image_size: int = 0,  # a processor setting; accepted so presets can be splatted
 ) -> Qwen2_5_VLConfig:
-    """Every dimension of a Qwen2.5-VL model. ``mrope_section`` must sum to head_dim / 2 (FACTS.md)."""
+    """Every dimension of a Qwen2.5-VL model. ``mrope_section`` must sum to head_dim / 2 (the
+    3-D rotary split of each head; transformers does not check it)."""
     head_dim = text_width // text_heads
     if sum(mrope_section) * 2 != head_dim:
         raise ValueError(f"qwen2_5_vl: mrope_section {mrope_section} must sum to head_dim/2 = {head_dim // 2}")

@@ -124,7 +124,8 @@ class SmolVLMBackboneConfig(VLMConfig):
 
     def build(self, state_dim: int, num_cameras: int, architecture: str | None = None) -> SmolVLMBackbone:
         if architecture or self.pretrained:
-            # the torchvision backend keeps pixels identical to a fresh processor's (FACTS.md)
+            # reloaded, the processor would pick the PIL backend, whose LANCZOS pixels differ by up to 0.23;
+            # the torchvision backend keeps them identical to a fresh processor's
             model, processor = load_pretrained(
                 self, SmolVLMForConditionalGeneration, architecture, backend="torchvision"
             )

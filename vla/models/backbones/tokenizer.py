@@ -82,7 +82,7 @@ def load_tokenizer(
     """The shipped BPE as a transformers fast tokenizer, plus ``special_tokens`` appended to the vocabulary.
 
     A family's processor finds its image placeholders by these special tokens; without them it fails
-    with "Mismatch in `image` token count" (FACTS.md). A dict names them as the family's own tokenizer
+    with "Mismatch in `image` token count" (transformers' processors count them). A dict names them as the family's own tokenizer
     does (SmolVLM's ``fake_image_token``, read by LeRobot's SmolVLA as ``tokenizer.fake_image_token_id``).
     """
     path = Path(path)
