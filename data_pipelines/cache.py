@@ -9,9 +9,9 @@ data loader from the critical path.
 Decoding itself is slow too (about 11 minutes for mw10's 42k frames on 2 cores), and a
 sweep over heads or learning rates decodes the same samples every run. So the decoded
 columns are also written to a file keyed by a fingerprint of the dataset's files and of
-everything that shapes a sample (chunk length, observation history, feature map, episode
-subset); the next run memory-maps that file in about a second. Images are stored as uint8
-(4x smaller than float).
+everything that shapes a sample (chunk length, feature map, episode subset); the next
+run memory-maps that file in about a second. Images are stored as uint8 (4x smaller
+than float).
 """
 
 from __future__ import annotations

@@ -14,11 +14,6 @@ lerobot sample into the canonical dict of ``vla/types.py``:
     action_pad      (H,) bool, True past the episode end
     action_dim_mask (D,) bool
     instruction     str
-
-With observation history (n_obs_steps = To > 1) lerobot returns a time axis on the
-observation keys; the map then also emits ``state_history`` (To, S),
-``images_history`` (To, N, 3, Hi, Wi) and ``history_pad`` (To,) (True before the
-episode start), with ``state``/``images`` being the current (last) step.
 """
 
 from __future__ import annotations
@@ -29,15 +24,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 
 from vla import types as T
 from vla.shapes import check_keys, check_shape
 
 IMAGE_PREFIX = "observation.images."
-STATE_HISTORY = "state_history"  # (To, S)
-IMAGES_HISTORY = "images_history"  # (To, N, 3, Hi, Wi)
-HISTORY_PAD = "history_pad"  # (To,) bool, True where the step is before the episode start
 
 
 def _features_of(meta: Any) -> dict[str, dict]:
@@ -146,7 +137,7 @@ class FeatureMap:
 
     @property
     def observation_keys(self) -> list[str]:
-        """Dataset keys that get observation history (cameras and state)."""
+        """Dataset keys of the observation: the cameras and the state."""
         return [k for _, k in self.cameras] + ([self.state] if self.state else [])
 
     def stats_for(self, stats: Mapping[str, Mapping]) -> dict[str, dict]:
@@ -161,20 +152,16 @@ class FeatureMap:
 
     # ── the mapping itself ─────────────────────────────────────────────
 
-    def _image(self, key: str, x: torch.Tensor, history: int | None) -> torch.Tensor:
-        """One camera -> (To, 3, Hi, Wi) float in [0, 1] at ``image_size``."""
+    def _image(self, key: str, x: torch.Tensor) -> torch.Tensor:
+        """One camera -> (3, Hi, Wi) float in [0, 1] at ``image_size``."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{key}: expected a decoded image tensor, got {type(x).__name__}")
-        if history is None:
-            check_shape(key, x, "3 Hi Wi")
-            x = x[None]  # (1, 3, Hi, Wi)
-        else:
-            check_shape(key, x, "To 3 Hi Wi", To=history)
+        check_shape(key, x, "3 Hi Wi")
         if x.dtype == torch.uint8:
             x = x.float() / 255.0
         x = x.float()
         if self.image_size is not None and tuple(x.shape[-2:]) != self.image_size:
-            x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False, antialias=True)
+            x = F.interpolate(x[None], size=self.image_size, mode="bilinear", align_corners=False, antialias=True)[0]
         return x.clamp_(0.0, 1.0)
 
     def __call__(self, sample: Mapping[str, Any]) -> dict[str, Any]:
@@ -190,45 +177,27 @@ class FeatureMap:
         else:
             action_pad = torch.zeros(dims["H"], dtype=torch.bool)
 
-        # Observation history: lerobot adds a leading time axis on keys with delta timestamps.
-        history = None
-        if self.state and torch.as_tensor(sample[self.state]).ndim == 2:
-            history = torch.as_tensor(sample[self.state]).shape[0]
-        elif self.cameras and torch.as_tensor(sample[self.cameras[0][1]]).ndim == 4:
-            history = sample[self.cameras[0][1]].shape[0]
-
         if self.cameras:
-            per_cam = [self._image(key, sample[key], history) for _, key in self.cameras]
-            images = rearrange(torch.stack(per_cam), "n t c h w -> t n c h w")  # (To, N, 3, Hi, Wi)
+            images = torch.stack([self._image(key, sample[key]) for _, key in self.cameras])  # (N, 3, Hi, Wi)
         else:
             h, w = self.image_size or (1, 1)
-            images = torch.zeros(history or 1, 0, 3, h, w)
+            images = torch.zeros(0, 3, h, w)
         if self.state:
             state = torch.as_tensor(sample[self.state], dtype=torch.float32)
-            check_shape(self.state, state, "To S" if history else "S", S=self.state_dim)
-            state = state if history else state[None]  # (To, S)
+            check_shape(self.state, state, "S", S=self.state_dim)
         else:
-            state = torch.zeros(history or 1, 0)
+            state = torch.zeros(0)
         instruction = sample[self.instruction]
         if not isinstance(instruction, str):
             raise TypeError(f"{self.instruction}: expected an instruction string, got {type(instruction).__name__}")
 
-        out = {
-            T.IMAGES: images[-1],  # (N, 3, Hi, Wi)
+        return {
+            T.IMAGES: images,  # (N, 3, Hi, Wi)
             T.IMAGE_MASK: torch.ones(len(self.cameras), dtype=torch.bool),
-            T.STATE: state[-1],  # (S,)
+            T.STATE: state,  # (S,)
             T.STATE_MASK: torch.ones(self.state_dim, dtype=torch.bool),
             T.ACTIONS: actions,  # (H, D)
             T.ACTION_PAD: action_pad,  # (H,)
             T.ACTION_DIM_MASK: torch.ones(self.action_dim, dtype=torch.bool),
             T.INSTRUCTION: instruction,
         }
-        if history:
-            pad_keys = [f"{k}_is_pad" for k in self.observation_keys if f"{k}_is_pad" in sample]
-            pad = torch.zeros(history, dtype=torch.bool)
-            for k in pad_keys:
-                pad |= torch.as_tensor(sample[k], dtype=torch.bool)
-            out[STATE_HISTORY] = state  # (To, S)
-            out[IMAGES_HISTORY] = images  # (To, N, 3, Hi, Wi)
-            out[HISTORY_PAD] = pad  # (To,)
-        return out

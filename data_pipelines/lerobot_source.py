@@ -1,11 +1,11 @@
 """A LeRobot v3 dataset as a torch Dataset of canonical samples.
 
-The policy says how many future actions it needs (the chunk length H) and how many
-past observations (``n_obs_steps``); this module turns those step counts into
-lerobot ``delta_timestamps`` (steps / fps), the same resolution lerobot's own
-``resolve_delta_timestamps`` does. Chunk steps past the episode end are filled by
-lerobot with the last action and flagged in ``action_is_pad``, which the FeatureMap
-passes on as ``action_pad``, so heads can mask them out of the loss.
+The policy says how many future actions it needs (the chunk length H); this module
+turns that step count into lerobot ``delta_timestamps`` (steps / fps), the same
+resolution lerobot's own ``resolve_delta_timestamps`` does. Chunk steps past the
+episode end are filled by lerobot with the last action and flagged in
+``action_is_pad``, which the FeatureMap passes on as ``action_pad``, so heads can
+mask them out of the loss. Observations are the current frame's only.
 """
 
 from __future__ import annotations
@@ -57,16 +57,11 @@ def worker_init_fn(worker_id: int) -> None:
     reset_decoder_cache_after_fork()
 
 
-def delta_timestamps(feature_map: FeatureMap, fps: float, chunk: int, n_obs_steps: int = 1) -> dict[str, list[float]]:
-    """Actions at t .. t+H-1 and, with history, observations at t-To+1 .. t, in seconds."""
-    if chunk < 1 or n_obs_steps < 1:
-        raise ValueError(f"chunk and n_obs_steps must be >= 1, got chunk={chunk}, n_obs_steps={n_obs_steps}")
-    out = {feature_map.action: [i / fps for i in range(chunk)]}
-    if n_obs_steps > 1:
-        past = [(i - n_obs_steps + 1) / fps for i in range(n_obs_steps)]
-        for key in feature_map.observation_keys:
-            out[key] = list(past)
-    return out
+def delta_timestamps(feature_map: FeatureMap, fps: float, chunk: int) -> dict[str, list[float]]:
+    """Actions at t .. t+H-1, in seconds."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got chunk={chunk}")
+    return {feature_map.action: [i / fps for i in range(chunk)]}
 
 
 def resolve_root(root: str | Path | None, repo_id: str | None) -> tuple[str, Path | None]:
@@ -125,7 +120,6 @@ class LeRobotSourceConfig:
     root: str | None = None
     repo_id: str | None = None
     chunk: int = 50  # H: actions per sample
-    n_obs_steps: int = 1  # To: observations per sample (1 = current only)
     episodes: list[int] | None = None
     video_backend: str | None = None
     feature_map: FeatureMapConfig = field(default_factory=FeatureMapConfig)
@@ -143,7 +137,7 @@ class LeRobotSource(torch.utils.data.Dataset):
         meta = open_meta(cfg.root, cfg.repo_id)
         self.feature_map = cfg.feature_map.build(meta)
         self.fps = meta.fps
-        self.delta = delta_timestamps(self.feature_map, self.fps, cfg.chunk, cfg.n_obs_steps)
+        self.delta = delta_timestamps(self.feature_map, self.fps, cfg.chunk)
         self.dataset = open_lerobot(cfg.root, cfg.repo_id, self.delta, cfg.episodes, cfg.video_backend)
         self.meta = self.dataset.meta
         self._pid = os.getpid()
@@ -151,6 +145,11 @@ class LeRobotSource(torch.utils.data.Dataset):
     @property
     def root(self) -> Path:
         return Path(self.dataset.root)
+
+    @property
+    def episodes(self) -> list[int] | None:
+        """The episodes this source serves (None: all); statistics must cover these and no others."""
+        return self.dataset.episodes
 
     def __len__(self) -> int:
         return len(self.dataset)

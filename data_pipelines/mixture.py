@@ -17,26 +17,27 @@ statistics *before* padding (each embodiment's joints have their own units); pad
 dims stay 0. A policy trained this way then needs the same member's statistics to
 unnormalize, so save them with the checkpoint (``member_stats``).
 
-Weighted sampling is a ``Sampler`` rather than a sampling ``__getitem__`` so the
-mixture stays a plain map-style dataset: ``DataLoader`` workers, and sharding by
-rank (every rank draws the same sequence from the same seed and takes its stride).
+Weighted sampling is left to the one training sampler
+(``vla.train.sampler.ShardedStepSampler``) rather than a sampling ``__getitem__``, so
+the mixture stays a plain map-style dataset: ``sample_weights()`` tells that sampler
+each member's size and weight (a member by its weight, then a frame of it uniformly),
+without a weight per frame.
 """
 
 from __future__ import annotations
 
 import bisect
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
-from data_pipelines.feature_map import HISTORY_PAD, IMAGES_HISTORY, STATE_HISTORY
 from data_pipelines.lerobot_source import LeRobotSource, LeRobotSourceConfig
 from vla import types as T
 from vla.models.normalizer import Normalizer
+from vla.train.sampler import SampleWeights
 
 
 @dataclass
@@ -116,6 +117,10 @@ class MixtureDataset(Dataset):
     def __len__(self) -> int:
         return self.offsets[-1]
 
+    def sample_weights(self) -> SampleWeights:
+        """Each member drawn by its weight, then one of its frames uniformly (for the training sampler)."""
+        return SampleWeights(sizes=[len(s) for s in self.sources], weights=self.weights)
+
     def locate(self, idx: int) -> tuple[int, int]:
         """Global index -> (member, index within the member)."""
         if not 0 <= idx < len(self):
@@ -128,9 +133,9 @@ class MixtureDataset(Dataset):
         return torch.cat([x, pad], dim=-1)
 
     def _place_cameras(self, imgs: torch.Tensor, slots: list[int]) -> torch.Tensor:
-        """(..., n, 3, Hi, Wi) -> (..., N, 3, Hi, Wi) with the member's cameras at their slots."""
-        out = imgs.new_zeros(*imgs.shape[:-4], len(self.camera_names), *imgs.shape[-3:])
-        out[..., slots, :, :, :] = imgs
+        """(n, 3, Hi, Wi) -> (N, 3, Hi, Wi) with the member's cameras at their slots."""
+        out = imgs.new_zeros(len(self.camera_names), *imgs.shape[-3:])
+        out[slots] = imgs
         return out
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
@@ -141,12 +146,10 @@ class MixtureDataset(Dataset):
             s[T.ACTIONS] = norm.normalize("actions", s[T.ACTIONS])  # (H, d)
             if "state" in norm.features:
                 s[T.STATE] = norm.normalize("state", s[T.STATE])  # (s,)
-                if STATE_HISTORY in s:
-                    s[STATE_HISTORY] = norm.normalize("state", s[STATE_HISTORY])
         slots = self.slots[m]
         image_mask = torch.zeros(len(self.camera_names), dtype=torch.bool)
         image_mask[slots] = True
-        out = {
+        return {
             T.IMAGES: self._place_cameras(s[T.IMAGES], slots),  # (N, 3, Hi, Wi)
             T.IMAGE_MASK: image_mask,
             T.STATE: self._pad_last(s[T.STATE], self.state_dim),  # (S_max,)
@@ -157,53 +160,3 @@ class MixtureDataset(Dataset):
             T.INSTRUCTION: s[T.INSTRUCTION],
             T.DATASET_INDEX: torch.tensor(m, dtype=torch.long),
         }
-        if STATE_HISTORY in s:
-            out[STATE_HISTORY] = self._pad_last(s[STATE_HISTORY], self.state_dim)  # (To, S_max)
-            out[IMAGES_HISTORY] = self._place_cameras(s[IMAGES_HISTORY], slots)  # (To, N, 3, Hi, Wi)
-            out[HISTORY_PAD] = s[HISTORY_PAD]
-        return out
-
-
-class WeightedMixtureSampler(Sampler[int]):
-    """Draws mixture indices with replacement by member weight; shards by rank.
-
-    Every rank builds the same generator from ``seed + epoch`` and draws the same
-    ``num_samples`` indices, then keeps ``indices[rank::world_size]``: ranks see
-    disjoint draws without any communication. Call ``set_epoch`` each epoch.
-    """
-
-    def __init__(
-        self,
-        mixture: MixtureDataset,
-        num_samples: int | None = None,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-    ):
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
-        self.weights = torch.tensor(mixture.weights, dtype=torch.float64)
-        self.lengths = torch.tensor([len(src) for src in mixture.sources], dtype=torch.float64)
-        self.offsets = torch.tensor(mixture.offsets[:-1], dtype=torch.long)
-        empty = [i for i, n in enumerate(self.lengths.tolist()) if n == 0 and mixture.weights[i] > 0]
-        if empty:
-            raise ValueError(f"mixture members {empty} are empty but have a positive weight")
-        total = num_samples if num_samples is not None else len(mixture)
-        self.per_rank = math.ceil(total / world_size)
-        self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.per_rank
-
-    def __iter__(self) -> Iterator[int]:
-        # Two stages (member by weight, then a uniform frame) rather than one multinomial
-        # over all frames: torch.multinomial is limited to 2**24 categories.
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        n = self.per_rank * self.world_size
-        member = torch.multinomial(self.weights, n, replacement=True, generator=g)  # (n,)
-        local = (torch.rand(n, generator=g, dtype=torch.float64) * self.lengths[member]).long()  # (n,)
-        drawn = self.offsets[member] + local
-        return iter(drawn[self.rank :: self.world_size].tolist())

@@ -1,10 +1,12 @@
-"""Normalization statistics over a whole dataset, read straight from its parquet files.
+"""Normalization statistics over a dataset (or the episodes a run trains on), read straight from its parquet files.
 
 Going through ``LeRobotDataset.__getitem__`` would decode every video frame just to
 read two float columns; here each numeric column is read once with pyarrow and
 reduced with numpy, which takes seconds even for millions of frames. Quantiles are
 exact (lerobot's own ``meta/stats.json`` averages per-episode quantiles, which is only
-an approximation).
+an approximation, and lerobot's aggregation of a subset's per-episode statistics would be
+one too). A training subset (``dataset.episodes``) gets statistics of its own frames only,
+so held-out episodes never leak into normalization.
 
 The file format is lerobot's ``meta/stats.json`` schema: ``{dataset_key: {stat: list}}``
 with stats ``mean std min max q01 q10 q50 q90 q99 count``. ``save_stats`` merges into an
@@ -16,17 +18,19 @@ the canonical ``state``/``actions`` that ``vla.models.normalizer.Normalizer`` ta
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vla.utils.atomic import atomic_file
+
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 # lerobot bookkeeping columns: numeric but meaningless to normalize.
 BOOKKEEPING = {"timestamp", "frame_index", "episode_index", "index", "task_index"}
+EPISODE = "episode_index"
 
 
 def numeric_keys(info: dict) -> list[str]:
@@ -57,17 +61,31 @@ def column_to_numpy(column: pa.ChunkedArray, key: str, dim: int) -> np.ndarray:
     return flat.astype(np.float64).reshape(len(arr), dim)  # (N, dim)
 
 
-def read_columns(root: str | Path, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
-    """Concatenate the given numeric columns over every data file: key -> (N, dim)."""
+def read_columns(
+    root: str | Path, keys: Iterable[str] | None = None, episodes: Sequence[int] | None = None
+) -> dict[str, np.ndarray]:
+    """Concatenate the given numeric columns over every data file: key -> (N, dim).
+
+    ``episodes`` keeps only the rows of those episodes (a training subset); pyarrow drops the
+    others while reading, so held-out frames are never loaded.
+    """
     root = Path(root)
     info = json.loads((root / "meta" / "info.json").read_text())
     keys = list(keys) if keys is not None else numeric_keys(info)
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    wanted = None if episodes is None else sorted({int(e) for e in episodes})
+    read = keys if wanted is None or EPISODE in keys else [*keys, EPISODE]
+    shape = {k: int(info["features"][k]["shape"][0]) for k in read}
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in read}
     for f in data_files(root):
-        table = pq.read_table(f, columns=keys)
-        for k in keys:
-            parts[k].append(column_to_numpy(table.column(k), k, int(info["features"][k]["shape"][0])))
-    return {k: np.concatenate(v) for k, v in parts.items()}
+        table = pq.read_table(f, columns=read, filters=None if wanted is None else [(EPISODE, "in", wanted)])
+        for k in read:
+            parts[k].append(column_to_numpy(table.column(k), k, shape[k]))
+    columns = {k: np.concatenate(v) for k, v in parts.items()}
+    if wanted is not None:
+        missing = sorted(set(wanted) - set(np.unique(columns[EPISODE]).astype(int).tolist()))
+        if missing:
+            raise ValueError(f"episodes {missing} are not in {root} (it has {info.get('total_episodes')} episodes)")
+    return {k: columns[k] for k in keys}
 
 
 def summarize(x: np.ndarray) -> dict[str, list[float] | list[int]]:
@@ -86,9 +104,11 @@ def summarize(x: np.ndarray) -> dict[str, list[float] | list[int]]:
     return out
 
 
-def compute_stats(root: str | Path, keys: Iterable[str] | None = None) -> dict[str, dict]:
-    """Exact statistics of every numeric feature (or ``keys``) over all frames of the dataset."""
-    columns = read_columns(root, keys)
+def compute_stats(
+    root: str | Path, keys: Iterable[str] | None = None, episodes: Sequence[int] | None = None
+) -> dict[str, dict]:
+    """Exact statistics of every numeric feature (or ``keys``) over the frames of ``episodes`` (None: all)."""
+    columns = read_columns(root, keys, episodes)
     bad = {k: int((~np.isfinite(v)).sum()) for k, v in columns.items() if not np.isfinite(v).all()}
     if bad:
         raise ValueError(f"{root}: non-finite values in {bad}; run `vla data validate {root}` to locate them")
@@ -100,9 +120,8 @@ def save_stats(stats: dict[str, dict], path: str | Path) -> Path:
     path = Path(path)
     merged = json.loads(path.read_text()) if path.is_file() else {}
     merged.update(stats)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(merged, indent=2))
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(merged, indent=2))
     return path
 
 

@@ -69,16 +69,10 @@ def test_wrong_sample_shape_is_named(three_cam_dataset):
     raw["observation.images.overhead"] = raw["observation.images.overhead"][:2]
     with pytest.raises(ValueError, match=r"observation.images.overhead: expected"):
         fm(raw)
-
-
-def test_observation_history(three_cam_dataset):
-    src = LeRobotSource(LeRobotSourceConfig(root=str(three_cam_dataset), chunk=3, n_obs_steps=2))
-    s0, s5 = src[0], src[5]
-    assert s0["state_history"].shape == (2, 7) and s0["images_history"].shape == (2, 3, 3, 32, 32)
-    assert s0["history_pad"].tolist() == [True, False] and s5["history_pad"].tolist() == [False, False]
-    torch.testing.assert_close(s5["state_history"][-1], s5["state"])
-    torch.testing.assert_close(s5["state_history"][0], src[4]["state"])
-    assert collate([s0, s5])["images_history"].shape == (2, 2, 3, 3, 32, 32)
+    raw = dict(src.dataset[0])
+    raw["observation.state"] = torch.stack([raw["observation.state"]] * 2)  # a time axis: one observation only
+    with pytest.raises(ValueError, match=r"observation.state: expected \(S=7\), got \(2, 7\)"):
+        fm(raw)
 
 
 def test_missing_root_is_named(tmp_path):

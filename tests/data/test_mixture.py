@@ -6,8 +6,9 @@ from torch.utils.data import DataLoader
 from data_pipelines.collate import collate
 from data_pipelines.feature_map import FeatureMapConfig
 from data_pipelines.lerobot_source import LeRobotSourceConfig
-from data_pipelines.mixture import MixtureConfig, MixtureMemberConfig, WeightedMixtureSampler
+from data_pipelines.mixture import MixtureConfig, MixtureMemberConfig
 from data_pipelines.stats import compute_stats, save_stats
+from vla.train.sampler import ShardedStepSampler
 
 
 def members(three_cam_dataset, mw_root, w=(1.0, 3.0)):
@@ -56,18 +57,23 @@ def test_per_member_normalization(three_cam_dataset, metaworld_layout_dataset, c
     assert (got["actions"][:, 4:] == 0).all()
 
 
-def test_weighted_sampler_ratio_and_sharding(three_cam_dataset, metaworld_layout_dataset):
+def test_training_sampler_draws_members_by_weight_and_shards(three_cam_dataset, metaworld_layout_dataset):
     mix = MixtureConfig(members(three_cam_dataset, metaworld_layout_dataset, w=(1.0, 3.0))).build()
-    sampler = WeightedMixtureSampler(mix, num_samples=4000, seed=7)
-    counts = Counter(mix.locate(i)[0] for i in sampler)
+
+    def order(**kw) -> list[int]:
+        return list(ShardedStepSampler(len(mix), weights=mix.sample_weights(), **kw))
+
+    drawn = order(batch_size=40, total_micro_steps=100, seed=7)
+    counts = Counter(mix.locate(i)[0] for i in drawn)
     assert abs(counts[1] / 4000 - 0.75) < 0.03
-    assert list(sampler) == list(WeightedMixtureSampler(mix, num_samples=4000, seed=7))
-    sampler.set_epoch(1)
-    assert list(sampler) != list(WeightedMixtureSampler(mix, num_samples=4000, seed=7))
-    shards = [list(WeightedMixtureSampler(mix, num_samples=100, seed=3, rank=r, world_size=2)) for r in (0, 1)]
-    full = list(WeightedMixtureSampler(mix, num_samples=100, seed=3))
+    assert drawn == order(batch_size=40, total_micro_steps=100, seed=7)
+    assert drawn != order(batch_size=40, total_micro_steps=100, seed=8)
+    full = order(batch_size=10, total_micro_steps=10, seed=3)
+    shards = [order(batch_size=5, total_micro_steps=10, seed=3, rank=r, world_size=2) for r in (0, 1)]
     assert len(shards[0]) == len(shards[1]) == 50
-    assert shards[0] == full[0::2] and shards[1] == full[1::2]
+    assert all(
+        full[10 * s : 10 * s + 10] == shards[0][5 * s : 5 * s + 5] + shards[1][5 * s : 5 * s + 5] for s in range(10)
+    )
 
 
 def test_mixture_loads_with_workers(three_cam_dataset, metaworld_layout_dataset):
@@ -77,7 +83,11 @@ def test_mixture_loads_with_workers(three_cam_dataset, metaworld_layout_dataset)
         mm.source.feature_map = resize
     mix = MixtureConfig(m).build()
     loader = DataLoader(
-        mix, batch_size=8, sampler=WeightedMixtureSampler(mix, num_samples=16), collate_fn=collate, num_workers=2
+        mix,
+        batch_size=8,
+        sampler=ShardedStepSampler(len(mix), 8, 2, weights=mix.sample_weights()),
+        collate_fn=collate,
+        num_workers=2,
     )
     batches = list(loader)
     assert [b["images"].shape for b in batches] == [(8, 5, 3, 16, 16)] * 2

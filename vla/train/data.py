@@ -17,6 +17,7 @@ from data_pipelines.collate import collate
 from data_pipelines.feature_map import FeatureMapConfig
 from data_pipelines.lerobot_source import LeRobotSource, LeRobotSourceConfig
 from data_pipelines.stats import compute_stats, read_columns
+from vla.train.sampler import SampleWeights
 
 
 @dataclass
@@ -27,7 +28,7 @@ class TrainingData:
     action_dim: int
     fps: float
     stats: dict  # canonical {"state": {...}, "actions": {...}} for the Normalizer
-    sample_weights: torch.Tensor | None = None  # per-sample weights (mixtures)
+    sample_weights: SampleWeights | None = None  # how the sampler draws (mixtures); None: epochs of permutations
     augment: object | None = None  # data_pipelines.augment transform, applied on the device
     seed: int = 0
     image_size: int = 0  # square side of the images the policy sees (0: not square, or a mixture)
@@ -76,9 +77,6 @@ def build_training_data(dcfg, pcfg, acfg, seed: int = 0) -> TrainingData:
         # Each member keeps its own statistics; the policy normalizes each sample with its member's
         # (by dataset_index) and serves the primary member's robot (dataset.root) by default.
         member_stats = [_stats(src) for src in sources]
-        weights = torch.cat(
-            [torch.full((len(src),), w / len(src)) for src, (_, w) in zip(sources, members, strict=True)]
-        )
         return TrainingData(
             dataset=mix,
             cameras=list(mix.camera_names),
@@ -86,7 +84,7 @@ def build_training_data(dcfg, pcfg, acfg, seed: int = 0) -> TrainingData:
             action_dim=mix.action_dim,
             fps=float(sources[0].fps),
             stats={"members": member_stats},
-            sample_weights=weights,
+            sample_weights=mix.sample_weights(),
             augment=augment,
             seed=seed,
         )
@@ -114,10 +112,13 @@ def square_side(size: tuple[int, int] | None) -> int:
 
 
 def _stats(src: LeRobotSource) -> dict:
-    """Exact whole-dataset statistics of the state and action columns, in canonical names."""
+    """Exact statistics of the state and action columns over the source's episodes, in canonical names.
+
+    Only the episodes the run trains on (``dataset.episodes``): held-out ones must not shape normalization.
+    """
     fmap = src.feature_map
     keys = [fmap.action] + ([fmap.state] if fmap.state else [])
-    return fmap.stats_for(compute_stats(src.root, keys))
+    return fmap.stats_for(compute_stats(src.root, keys, episodes=src.episodes))
 
 
 def _parse_member(spec: str) -> tuple[str, float]:
@@ -145,12 +146,13 @@ def build_augment(acfg):
 def normalized_action_chunks(data: TrainingData, policy, max_chunks: int = 20000) -> np.ndarray:
     """Every length-H window of actions inside an episode, normalized as the policy does: (N, H, D).
 
-    Used to fit the FAST tokenizer before training (windows never cross episode ends).
+    Used to fit the FAST tokenizer before training (windows never cross episode ends; only the
+    episodes the run trains on).
     """
     src = data.dataset.sources[0] if hasattr(data.dataset, "sources") else data.dataset
     src = getattr(src, "source", src)  # an in-memory cache wraps the source
     fmap = src.feature_map
-    cols = read_columns(src.root, [fmap.action, "episode_index"])
+    cols = read_columns(src.root, [fmap.action, "episode_index"], episodes=src.episodes)
     actions = torch.as_tensor(cols[fmap.action], dtype=torch.float32)  # (N, D)
     episodes = cols["episode_index"].reshape(-1)
     h = policy.config.chunk_size

@@ -1,19 +1,128 @@
-"""A deterministic, resumable, rank-sharded sample order.
+"""The one training sampler: a deterministic, resumable, rank-sharded order of dataset indices.
 
-The stream of sample indices is a concatenation of permutations (epoch e shuffled with
-seed + e). Micro-step s of the run consumes global positions [s*G, (s+1)*G) with
-G = per-rank batch x world size; rank r takes its slice. Hence:
-- 1 process at batch 2B sees exactly the samples 2 processes at batch B see together;
-- resuming at micro-step s regenerates the same order from s: no data is repeated or skipped.
+Micro-step s of a run consumes a *global batch* of G = per-rank batch x world size dataset
+indices, and rank r takes positions [r*B, (r+1)*B) of it. Every rank computes the same global
+batch from (seed, s) alone, so:
+
+- N processes at batch B see exactly the samples 1 process at batch N*B sees, split by rank;
+- a run resumed at micro-step k draws exactly what the uninterrupted run drew from k on
+  (nothing repeated, nothing skipped), with no sampler state to checkpoint beyond the step.
+
+Without weights the index stream is a concatenation of permutations (epoch e shuffled by a
+generator seeded from seed and e): every frame once per epoch. With weights (``SampleWeights``:
+a mixture's per-dataset weights, or per-frame weights) each global batch is drawn with
+replacement, from a generator keyed by (seed, s), in two stages: a dataset by its weight, then
+one of its frames (uniformly, or by its per-frame weights through their running sum). That
+scales to any number of frames, where one ``torch.multinomial`` over all frames stops at 2**24
+(DROID alone has 27 M), and a mixture of uniformly drawn datasets needs no per-frame vector.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from itertools import accumulate
+
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
 
+class SampleWeights:
+    """Sampling probabilities over a concatenation of datasets (frames numbered in dataset order).
+
+    Dataset k is drawn with probability ``weights[k] / sum(weights)``; a frame of it uniformly, or,
+    where ``within[k]`` is given, in proportion to those per-frame weights. A uniformly drawn
+    dataset costs nothing per frame; per-frame weights are kept as their float64 running sum
+    (8 bytes a frame: 0.8 GB at 100 M frames), which inverse-CDF draws search.
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        weights: Sequence[float],
+        within: Sequence[torch.Tensor | None] | None = None,
+    ):
+        sizes = [int(n) for n in sizes]
+        within = list(within) if within is not None else [None] * len(sizes)
+        if not sizes or len(weights) != len(sizes) or len(within) != len(sizes):
+            raise ValueError(
+                f"sample weights: {len(sizes)} dataset sizes, {len(weights)} dataset weights and "
+                f"{len(within)} per-sample weight vectors; need one of each per dataset (at least one)"
+            )
+        if any(n < 0 for n in sizes):
+            raise ValueError(f"dataset sizes must be >= 0, got {sizes}")
+        share = torch.tensor([float(w) for w in weights], dtype=torch.float64)
+        if not torch.isfinite(share).all() or (share < 0).any() or share.sum() <= 0:
+            raise ValueError(f"dataset weights must be finite and >= 0 with a positive sum, got {list(weights)}")
+        for k, (n, w) in enumerate(zip(sizes, share.tolist(), strict=True)):
+            if n == 0 and w > 0:
+                raise ValueError(f"dataset {k} is empty but has weight {w}")
+        self.sizes = sizes
+        self.shares = share / share.sum()  # (K,)
+        self.offsets = torch.tensor([0, *accumulate(sizes)][:-1], dtype=torch.long)  # (K,) first frame of each
+        self.cumulative = [None if x is None else _running_sum(k, x, sizes[k]) for k, x in enumerate(within)]
+        # The last frame with a positive weight: where a draw at the very top of the range must land.
+        self.last_positive = [None if c is None else int(torch.searchsorted(c, c[-1])) for c in self.cumulative]
+
+    @classmethod
+    def per_sample(cls, weights: torch.Tensor) -> SampleWeights:
+        """One dataset whose frames are drawn in proportion to ``weights`` (N,)."""
+        return cls(sizes=[len(weights)], weights=[1.0], within=[weights])
+
+    @property
+    def num_samples(self) -> int:
+        return sum(self.sizes)
+
+    def draw(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` frame indices (n,) int64, drawn with replacement."""
+        dataset = torch.multinomial(self.shares, n, replacement=True, generator=generator)  # (n,)
+        local = torch.empty(n, dtype=torch.long)
+        for k in torch.unique(dataset).tolist():  # sorted: the generator is consumed in a fixed order
+            rows = dataset == k
+            count = int(rows.sum())
+            cum = self.cumulative[k]
+            if cum is None:
+                local[rows] = torch.randint(self.sizes[k], (count,), generator=generator)
+            else:
+                u = torch.rand(count, dtype=torch.float64, generator=generator) * cum[-1]
+                local[rows] = torch.searchsorted(cum, u, right=True).clamp_(max=self.last_positive[k])
+        return self.offsets[dataset] + local
+
+
+def _running_sum(k: int, weights: torch.Tensor, size: int) -> torch.Tensor:
+    """Checked per-frame weights of dataset ``k`` -> their float64 running sum (size,).
+
+    Summed in place in the float64 output: no second float64 copy of 100 M frames.
+    """
+    if weights.ndim != 1 or len(weights) != size:
+        raise ValueError(f"per-sample weights of dataset {k}: shape {tuple(weights.shape)}, expected ({size},)")
+    cum = torch.empty(size, dtype=torch.float64)
+    cum.copy_(weights).cumsum_(0)
+    if not (weights.min() >= 0 and torch.isfinite(cum[-1])):  # a NaN or an infinity reaches the total
+        bad = int((~torch.isfinite(weights) | (weights < 0)).sum())
+        raise ValueError(f"per-sample weights of dataset {k}: {bad} negative or non-finite values")
+    if cum[-1] <= 0:
+        raise ValueError(f"per-sample weights of dataset {k} sum to 0; nothing could be drawn")
+    return cum
+
+
+def _step_generator(seed: int, micro_step: int) -> torch.Generator:
+    """The generator of one micro-step's weighted draws.
+
+    numpy's ``SeedSequence`` hashes (seed, step) into a well-mixed seed, so neighbouring steps get
+    unrelated streams and no (seed, step) pair collides with another as a linear mix would.
+    """
+    state = np.random.SeedSequence([seed, micro_step]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
 class ShardedStepSampler(Sampler[int]):
+    """This rank's dataset indices, micro-step after micro-step, from ``start_micro_step`` on.
+
+    ``weights``: None (epochs of permutations), ``SampleWeights``, or a per-sample weight tensor
+    of length ``num_samples`` (taken as ``SampleWeights.per_sample``).
+    """
+
     def __init__(
         self,
         num_samples: int,
@@ -23,36 +132,58 @@ class ShardedStepSampler(Sampler[int]):
         rank: int = 0,
         world_size: int = 1,
         start_micro_step: int = 0,
-        weights: torch.Tensor | None = None,
+        weights: SampleWeights | torch.Tensor | None = None,
     ):
         if num_samples <= 0:
             raise ValueError("the dataset is empty")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be > 0, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
+        if seed < 0:
+            raise ValueError(f"the sampler's seed must be >= 0, got {seed}")
+        if isinstance(weights, torch.Tensor):
+            weights = SampleWeights.per_sample(weights)
+        if weights is not None and weights.num_samples != num_samples:
+            raise ValueError(
+                f"the sampling weights cover {weights.num_samples} samples but the dataset has {num_samples}"
+            )
         self.n, self.b, self.total = num_samples, batch_size, total_micro_steps
         self.seed, self.rank, self.world = seed, rank, world_size
         self.start = start_micro_step
-        self.weights = weights  # per-sample weights (dataset mixtures): sample with replacement instead
+        self.weights = weights
+        self._epoch_order: tuple[int, torch.Tensor] | None = None  # the last epoch's permutation
 
-    def _epoch(self, e: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + e)
+    @property
+    def global_batch_size(self) -> int:
+        return self.b * self.world
+
+    def global_batch(self, micro_step: int) -> torch.Tensor:
+        """Dataset indices of one micro-step over all ranks, (G,) int64; rank r's are [r*B, (r+1)*B)."""
         if self.weights is not None:
-            return torch.multinomial(self.weights, self.n, replacement=True, generator=g)
-        return torch.randperm(self.n, generator=g)
+            return self.weights.draw(self.global_batch_size, _step_generator(self.seed, micro_step))
+        start = micro_step * self.global_batch_size
+        end = start + self.global_batch_size
+        parts, pos = [], start
+        while pos < end:  # a global batch may straddle epochs (or span several of a tiny dataset)
+            epoch, offset = divmod(pos, self.n)
+            take = min(self.n - offset, end - pos)
+            parts.append(self._permutation(epoch)[offset : offset + take])
+            pos += take
+        return torch.cat(parts).long()
 
-    def __iter__(self):
-        global_batch = self.b * self.world
-        pos = self.start * global_batch
-        epoch, offset = divmod(pos, self.n)
-        perm = self._epoch(epoch)
-        for _ in range(self.start, self.total):
-            chunk = []
-            while len(chunk) < global_batch:
-                take = perm[offset : offset + global_batch - len(chunk)]
-                chunk.extend(take.tolist())
-                offset += len(take)
-                if offset >= self.n:
-                    epoch, offset = epoch + 1, 0
-                    perm = self._epoch(epoch)
-            yield from chunk[self.rank * self.b : (self.rank + 1) * self.b]
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        """All frames in epoch ``epoch``'s order; the last epoch is kept, consecutive steps share it."""
+        if self._epoch_order is None or self._epoch_order[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            dtype = torch.int32 if self.n < 2**31 else torch.int64  # int32: 0.4 GB at 100 M frames
+            self._epoch_order = (epoch, torch.randperm(self.n, generator=g, dtype=dtype))
+        return self._epoch_order[1]
+
+    def __iter__(self) -> Iterator[int]:
+        lo, hi = self.rank * self.b, (self.rank + 1) * self.b
+        for step in range(self.start, self.total):
+            yield from self.global_batch(step)[lo:hi].tolist()
 
     def __len__(self) -> int:
         return (self.total - self.start) * self.b
