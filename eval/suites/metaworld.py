@@ -37,6 +37,7 @@ import numpy as np
 
 from eval.suites.base import Observation, StepResult, Suite, SuiteConfig, SuiteEnv, Task
 from eval.suites.render import CameraRenderer  # sets MUJOCO_GL before metaworld imports mujoco
+from vla.utils.atomic import atomic_file
 
 INIT_STATES_DIR = Path(__file__).parent / "init_states" / "metaworld"
 EVAL_SEED_BASE = 1_000_000_000  # evaluation seeds are >= this; demo seeds are below
@@ -338,8 +339,7 @@ def write_init_state_files(out_dir: Path = INIT_STATES_DIR) -> list[Path]:
             "tasks": {n: all_states[n] for n in names},
         }
         path = out_dir / f"{suite}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(doc, indent=None, separators=(",", ":")))
-        tmp.replace(path)
+        with atomic_file(path) as tmp:
+            tmp.write_text(json.dumps(doc, indent=None, separators=(",", ":")))
         paths.append(path)
     return paths

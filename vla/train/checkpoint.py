@@ -25,6 +25,7 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from vla.models.policy import WEIGHTS_FILE
+from vla.utils.atomic import atomic_file, move_into_place
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +76,9 @@ class CheckpointManager:
                 for folder in [tmp] + ([tmp / "ema"] if ema is not None else []):
                     self.obs_mapping.save(folder)
             (tmp / TRAINER_STATE).write_text(json.dumps({"step": step}))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            link_tmp = self.root / ".last.tmp"
-            if link_tmp.is_symlink() or link_tmp.exists():
-                link_tmp.unlink()
-            os.symlink(name, link_tmp)
-            os.replace(link_tmp, self.last)
+            move_into_place(tmp, final)  # a checkpoint of the same step is swapped out, never half-deleted
+            with atomic_file(self.last) as link:
+                os.symlink(name, link)
             self._prune()
         acc.wait_for_everyone()
         return final

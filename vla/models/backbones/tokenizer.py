@@ -20,6 +20,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from vla.utils.atomic import atomic_file
+
 ASSET_PATH = Path(__file__).parent / "assets" / "robot_bpe.json"
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 BASE_SPECIAL_TOKENS = [PAD, BOS, EOS, UNK]  # ids 0..3
@@ -69,10 +71,8 @@ def train_bpe(vocab_size: int = VOCAB_SIZE) -> Tokenizer:
 def build_tokenizer_json(path: Path | str = ASSET_PATH, vocab_size: int = VOCAB_SIZE) -> Path:
     """(Re)build the shipped tokenizer file; written to a temporary name first, then renamed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    train_bpe(vocab_size).save(str(tmp), pretty=True)
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        train_bpe(vocab_size).save(str(tmp), pretty=True)
     return path
 
 
