@@ -6,16 +6,25 @@
 Design, and why:
 
 * **Fixed episodes.** Episode ``i`` of task ``t`` starts from the suite's init state
-  ``i`` and has seed ``episode_seed(seed, t, i)``; reference policies draw from that
+  ``i`` and has seed ``episode_seed(seed, t, i)``. A run plays init states
+  ``first_episode .. first_episode + episodes_per_task - 1`` of every task (``vla eval-sweep``
+  chooses a checkpoint on one block and reports it on another); reference policies draw from that
   seed alone, so their numbers do not depend on ``--num-envs`` or on scheduling. A
   model policy is queried for all envs that need a new chunk at once with one
   ``predict_chunk`` call, seeded from the (episode seed, step) pairs in the batch:
   identical commands give identical numbers; a different ``--num-envs`` changes batch
   composition, which only matters for stochastic heads (their noise is drawn per batch).
   Through ``--server`` every request carries its own (episode seed, step) seed.
+* **Actions as deployed.** Each env plays its episode from an ``ActionQueue`` built by the
+  policy (``Policy.action_queue``, what ``select_action`` plays from): a new chunk every
+  ``n_action_steps``, merged with the earlier ones by ACT temporal ensembling when the
+  checkpoint sets ``temporal_ensemble_coeff``. A new queue starts with every episode.
 * **Render only what is used**: once per ``n_action_steps`` (the policy's new
   observation), plus every step of the episodes recorded on video. Only the policy's
   cameras are rendered.
+* **Shards.** ``num_shards``/``shard_index`` play one contiguous share of the episodes
+  into ``OUT/shard_<index>`` (the trainer's ranks each play theirs); ``merge_shards``
+  makes the one report of all of them.
 * **Resumable.** Each finished episode is appended to ``DIR/episodes.jsonl``; a rerun
   with the same protocol skips them, a rerun with another protocol is refused.
 """
@@ -28,9 +37,9 @@ import importlib.metadata
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -39,11 +48,20 @@ from eval import report
 from eval.reference_policies import REFERENCE_POLICIES, ReferencePolicy
 from eval.suites import Suite, SuiteConfig, get_suite
 from eval.vector_env import EpisodeResult, EpisodeSpec, NeedsChunk, make_vector_env
+from vla.action_queue import ActionQueue
 from vla.registry import lookup
 
 log = logging.getLogger(__name__)
 
-ChunkFn = Callable[[list[NeedsChunk]], list[np.ndarray]]  # observations -> (K, D) action chunks
+
+class ChunkSource(Protocol):
+    """Where a model's actions come from: a policy in process or a policy server."""
+
+    def __call__(self, items: list[NeedsChunk]) -> list[np.ndarray]:
+        """One (H, D) action chunk per waiting env's observation."""
+
+    def action_queue(self) -> ActionQueue:
+        """A fresh queue for one episode: how the policy plays its chunks."""
 
 
 @dataclass
@@ -54,6 +72,9 @@ class EvalConfig:
     server: str | None = None  # ws://HOST:PORT of a running `vla serve`
     api_key: str | None = None  # the server's API key, if it wants one
     episodes_per_task: int = 10
+    first_episode: int = 0  # play init states first_episode .. first_episode + episodes_per_task - 1 of each task
+    num_shards: int = 1  # play one share of the episodes (into OUT/shard_<index>); merge_shards joins them
+    shard_index: int = 0  # which share, 0 .. num_shards - 1
     num_envs: int = 1  # env worker processes (1 = in-process)
     tasks: str | None = None  # comma-separated task indices or names (default: all)
     max_steps: int | None = None  # override the suite's step limit (smoke tests)
@@ -63,7 +84,7 @@ class EvalConfig:
     device: str = "auto"  # the GPU when there is one
     compile: bool = False  # regional torch.compile of the policy (CUDA graphs for the head on a GPU)
     out: str = "outputs/eval"
-    n_action_steps: int | None = None  # actions executed per chunk (default: the policy's own)
+    n_action_steps: int | None = None  # actions played per observation (default: the policy's own)
     image_size: int | None = None  # render size (default: the checkpoint's training resolution, else the suite's)
     progress: bool = True
     dataset: str | None = None  # open loop instead of a suite: chunk errors on this LeRobot dataset (eval/offline.py)
@@ -76,9 +97,35 @@ class EvalConfig:
             raise ValueError(f"give exactly one of --checkpoint, --policy, --server; got {given or 'none'}")
         if self.policy and self.policy not in REFERENCE_POLICIES:
             raise ValueError(f"--policy {self.policy!r}: known reference policies: {', '.join(REFERENCE_POLICIES)}")
-        for k in ("episodes_per_task", "num_envs"):
+        for k in ("episodes_per_task", "num_envs", "num_shards"):
             if getattr(self, k) < 1:
                 raise ValueError(f"--{k.replace('_', '-')} must be >= 1; got {getattr(self, k)}")
+        if self.first_episode < 0:
+            raise ValueError(f"--first-episode must be >= 0; got {self.first_episode}")
+        if not 0 <= self.shard_index < self.num_shards:
+            raise ValueError(f"--shard-index must be in [0, {self.num_shards}) for --num-shards {self.num_shards}")
+
+    @property
+    def episodes(self) -> range:
+        """The init-state indices played in every task."""
+        return range(self.first_episode, self.first_episode + self.episodes_per_task)
+
+    @property
+    def out_dir(self) -> Path:
+        """Where this run's episodes and report go: ``out``, or ``out/shard_<index>`` for one share."""
+        return shard_dir(self.out, self.shard_index) if self.num_shards > 1 else Path(self.out)
+
+
+def shard_dir(out: str | Path, shard_index: int) -> Path:
+    return Path(out) / f"shard_{shard_index}"
+
+
+def shard_of(items: list, shard_index: int, num_shards: int) -> list:
+    """Share ``shard_index`` of ``num_shards``: contiguous (an env keeps its task, simulators are rebuilt
+    rarely) and balanced (sizes differ by at most one)."""
+    size, extra = divmod(len(items), num_shards)
+    start = shard_index * size + min(shard_index, extra)
+    return items[start : start + size + (shard_index < extra)]
 
 
 def episode_seed(seed: int, task_index: int, episode_index: int) -> int:
@@ -157,7 +204,11 @@ class ModelChunker:
         seeds = [int(np.random.SeedSequence([it.spec.seed, it.step]).generate_state(1)[0]) for it in items]
         obs = {"images": images, "state": state, "instruction": [it.obs["instruction"] for it in items]}
         chunk = self.policy.predict_chunk(obs, seed=seeds)  # (B, H, D) raw units
-        return list(chunk[:, : self.n].float().cpu().numpy())  # sync point: once per batch
+        return list(chunk.float().cpu().numpy())  # sync point: once per batch
+
+    def action_queue(self) -> ActionQueue:
+        """A fresh queue for one episode, as the policy plays its chunks."""
+        return self.policy.action_queue(self.n)
 
 
 class ServerChunker:
@@ -177,14 +228,18 @@ class ServerChunker:
         if not self.n:
             raise ValueError(f"{url}: the server does not say its action horizon; pass --n-action-steps")
         self.n = int(self.n)
+        self.ensemble_coeff = meta.get("temporal_ensemble_coeff")
+
+    def action_queue(self) -> ActionQueue:
+        """A fresh queue for one episode, as the served checkpoint says to play its chunks."""
+        return ActionQueue(ensemble_coeff=self.ensemble_coeff, replan_every=self.n)
 
     def _one(self, client, it: NeedsChunk) -> np.ndarray:
         obs = {f"observation.images.{c}": img for c, img in it.obs["images"].items()}
         obs["observation.state"] = np.asarray(it.obs["state"], dtype=np.float32)
         obs["prompt"] = it.obs["instruction"]
         obs["seed"] = int(np.random.SeedSequence([it.spec.seed, it.step]).generate_state(1)[0])
-        actions = np.asarray(client.infer(obs)["actions"])  # (H, D)
-        return actions[: self.n]
+        return np.asarray(client.infer(obs)["actions"])  # (H, D)
 
     def __call__(self, items: list[NeedsChunk]) -> list[np.ndarray]:
         from concurrent.futures import ThreadPoolExecutor
@@ -217,9 +272,9 @@ def build_suite(
 
 def build_protocol(cfg: EvalConfig, suite: Suite, task_ids: list[int], policy_info: dict) -> dict:
     tasks = []
+    eps = list(cfg.episodes)
     for t in task_ids:
         task = suite.tasks[t]
-        eps = list(range(cfg.episodes_per_task))
         tasks.append(
             {
                 "index": t,
@@ -230,7 +285,8 @@ def build_protocol(cfg: EvalConfig, suite: Suite, task_ids: list[int], policy_in
                 "seeds": [episode_seed(cfg.seed, t, i) for i in eps],
             }
         )
-    return {
+    shard = {"shard": {"index": cfg.shard_index, "count": cfg.num_shards}} if cfg.num_shards > 1 else {}
+    return shard | {
         "suite": suite.name,
         "cameras": list(suite.cameras),
         "image_size": suite.image_size,
@@ -247,7 +303,7 @@ def build_protocol(cfg: EvalConfig, suite: Suite, task_ids: list[int], policy_in
 
 def run_evaluation(
     cfg: EvalConfig,
-    chunker: ChunkFn | None,
+    chunker: ChunkSource | None,
     reference: ReferencePolicy | None,
     policy_info: dict,
     cameras: list[str] | None = None,
@@ -261,21 +317,21 @@ def run_evaluation(
         raise ValueError(f"the policy predicts {action_dim}-dim actions; suite {suite.name!r} takes {suite.action_dim}")
     task_ids = select_tasks(suite, cfg.tasks)
     for t in task_ids:
-        if cfg.episodes_per_task > suite.tasks[t].num_episodes:
+        if cfg.episodes.stop > suite.tasks[t].num_episodes:
             raise ValueError(
-                f"--episodes-per-task {cfg.episodes_per_task}: task {suite.tasks[t].name!r} has only "
-                f"{suite.tasks[t].num_episodes} fixed init states"
+                f"--first-episode {cfg.first_episode} --episodes-per-task {cfg.episodes_per_task}: task "
+                f"{suite.tasks[t].name!r} has only {suite.tasks[t].num_episodes} fixed init states"
             )
-    out = Path(cfg.out)
+    out = cfg.out_dir
     protocol = build_protocol(cfg, suite, task_ids, policy_info)
     episode_log = report.EpisodeLog(out, protocol)
+    mine = shard_of([(t, i) for t in task_ids for i in cfg.episodes], cfg.shard_index, cfg.num_shards)
     todo = deque(
-        EpisodeSpec(t, i, episode_seed(cfg.seed, t, i), record=i < cfg.video_episodes)
-        for t in task_ids
-        for i in range(cfg.episodes_per_task)
+        EpisodeSpec(t, i, episode_seed(cfg.seed, t, i), record=i - cfg.first_episode < cfg.video_episodes)
+        for t, i in mine
         if not episode_log.done(t, i)
     )
-    total = len(task_ids) * cfg.episodes_per_task
+    total = len(mine)
     bar = tqdm(total=total, initial=total - len(todo), desc=f"eval {suite.name}", unit="ep", disable=not cfg.progress)
     if todo:
         video_dir = str(out / report.VIDEO_DIR) if cfg.video_episodes else None
@@ -285,23 +341,56 @@ def run_evaluation(
         finally:
             envs.close()
     bar.close()
-    keep = set(task_ids)
-    records = [r for (t, i), r in sorted(episode_log.records.items()) if t in keep and i < cfg.episodes_per_task]
+    records = [episode_log.records[key] for key in mine if key in episode_log.records]
     results = report.summarize(records, [t.name for t in suite.tasks])
     results["protocol"] = protocol
     results["videos"] = sorted(r["video"] for r in records if r.get("video"))
+    results["episodes"] = records  # per episode: a shard's share for merge_shards, paired comparisons
     report.write_results(out, results)
     return results
 
 
-def _rollout(envs, todo: deque, chunker: ChunkFn | None, episode_log, suite: Suite, bar) -> None:
-    """Lock-step rounds: start idle envs, collect one reply from each, one batched policy call."""
+def merge_shards(out_dir: str | Path, shards: list[dict]) -> dict:
+    """The report of a sharded evaluation: every share's episodes summarized as one run, written to
+    ``out_dir``. ``shards`` are the results of shares ``0 .. num_shards - 1`` (in any order); they must
+    be of one protocol, and together play each episode once."""
+    labels = [s["protocol"].get("shard", {}) for s in shards]
+    if sorted((x.get("index"), x.get("count")) for x in labels) != [(i, len(shards)) for i in range(len(shards))]:
+        raise ValueError(f"merge_shards needs the results of shards 0..{len(shards) - 1} of one run; got {labels}")
+    order = sorted(shards, key=lambda s: s["protocol"]["shard"]["index"])
+    protocols = [{k: v for k, v in s["protocol"].items() if k not in ("shard", "timestamp")} for s in order]
+    differ = sorted({k for p in protocols[1:] for k in set(p) | set(protocols[0]) if p.get(k) != protocols[0].get(k)})
+    if differ:
+        raise ValueError(f"the shards were evaluated under different protocols (differ in: {', '.join(differ)})")
+    records = sorted((r for s in order for r in s["episodes"]), key=lambda r: (r["task_index"], r["episode_index"]))
+    keys = [(r["task_index"], r["episode_index"]) for r in records]
+    if len(set(keys)) != len(keys):
+        raise ValueError("the shards overlap: some episode was played by two of them")
+    protocol = {k: v for k, v in order[0]["protocol"].items() if k != "shard"}
+    results = report.summarize(records, {t["index"]: t["name"] for t in protocol["tasks"]})
+    results["protocol"] = protocol
+    results["videos"] = [  # relative to out_dir: each share keeps its videos
+        (shard_dir(Path(), i) / report.VIDEO_DIR / v).as_posix() for i, s in enumerate(order) for v in s["videos"]
+    ]
+    results["episodes"] = records
+    report.write_results(out_dir, results)
+    return results
+
+
+def _rollout(envs, todo: deque, chunker: ChunkSource | None, episode_log, suite: Suite, bar) -> None:
+    """Lock-step rounds: start idle envs, collect one reply from each, one batched policy call.
+
+    Each env plays from its own action queue (new with each episode): the chunk predicted from its
+    observation is merged in, and the actions up to the next observation are sent in one message."""
     active: dict[int, EpisodeSpec] = {}
+    queues: dict[int, ActionQueue] = {}
     n_ok = sum(bool(r["success"]) for r in episode_log.records.values())
     while todo or active:
         for i in range(envs.num_envs):
             if i not in active and todo:
                 active[i] = todo.popleft()
+                if chunker is not None:
+                    queues[i] = chunker.action_queue()
                 envs.send(i, "start", active[i])
         waiting: list[tuple[int, NeedsChunk]] = []
         for i in sorted(active):
@@ -319,8 +408,13 @@ def _rollout(envs, todo: deque, chunker: ChunkFn | None, episode_log, suite: Sui
             if chunker is None:
                 raise RuntimeError("an env asked for actions but this evaluation has no model policy")
             chunks = chunker([r for _, r in waiting])
-            for (i, _), chunk in zip(waiting, chunks, strict=True):
-                envs.send(i, "act", np.asarray(chunk, dtype=np.float32))
+            for (i, need), chunk in zip(waiting, chunks, strict=True):
+                queue = queues[i]
+                queue.add_chunk(np.asarray(chunk, dtype=np.float32), need.step)
+                actions = [queue.pop()]
+                while not queue.needs_chunk:
+                    actions.append(queue.pop())
+                envs.send(i, "act", np.stack(actions))
 
 
 # ---- entry points -----------------------------------------------------------------------------
@@ -354,6 +448,8 @@ def _evaluate_model(cfg: EvalConfig, policy, digest: str) -> dict:
         "cameras": list(pc.cameras),
         "state_key": pc.state_key,
     }
+    if pc.temporal_ensemble_coeff is not None:  # recorded only when set: earlier protocols stay resumable
+        info["temporal_ensemble_coeff"] = pc.temporal_ensemble_coeff
     suite_fields = {f.name for f in dataclasses.fields(suite_cfg_cls)}
     # render only the cameras the policy reads, at the resolution it trained on (unless --image-size says otherwise)
     cams = list(pc.cameras) if "cameras" in suite_fields else None
@@ -373,6 +469,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     if cfg.server:
         chunker = ServerChunker(cfg.server, cfg.n_action_steps, cfg.num_envs, cfg.api_key)
         info = {"name": cfg.server, "kind": "server", "n_action_steps": chunker.n}
+        if chunker.ensemble_coeff is not None:
+            info["temporal_ensemble_coeff"] = chunker.ensemble_coeff
         try:
             return run_evaluation(cfg, chunker, None, info)
         finally:

@@ -5,6 +5,7 @@ Images are rendered at 64 px where the test allows it (rendering dominates on CP
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -278,7 +280,8 @@ def test_tiny_checkpoint_end_to_end(tiny_policy, tiny_checkpoint, tmp_path):
 
 
 @pytest.mark.sim
-def test_eval_sweep_names_the_best_checkpoint(tiny_policy, tiny_checkpoint, tmp_path):
+def test_eval_sweep_selects_on_other_episodes_than_it_reports(tiny_policy, tiny_checkpoint, tmp_path):
+    """Checkpoints are compared on one block of init states; the chosen one is scored on a disjoint one."""
     from vla.cli.main import main
 
     run = tmp_path / "run"
@@ -305,10 +308,24 @@ def test_eval_sweep_names_the_best_checkpoint(tiny_policy, tiny_checkpoint, tmp_
     assert rc == 0
     out = run / "eval_sweep" / "mw-easy"
     summary = json.loads((out / "sweep.json").read_text())
-    assert [r["step"] for r in summary["checkpoints"]] == [5, 10]
+    selection, held_out = summary["selection"], summary["held_out"]
+    assert [r["step"] for r in selection["checkpoints"]] == [5, 10]
     assert summary["best"]["step"] == 10  # identical weights tie; the later step wins
-    assert (out / "success_vs_step.png").exists() and "**best**" in (out / "sweep.md").read_text()
-    assert (out / "step_0000005" / "results.json").exists()
+
+    def played(results_dir: Path) -> set[int]:
+        (task,) = json.loads((results_dir / "results.json").read_text())["protocol"]["tasks"]
+        return set(task["init_state_indices"])
+
+    chosen_on = set().union(*(played(out / "selection" / f"step_{s:07d}") for s in (5, 10)))
+    reported_on = played(out / "held_out" / "step_0000010")
+    assert chosen_on and reported_on and not chosen_on & reported_on  # the reported episodes played no part
+    assert chosen_on == set(selection["init_state_indices"]) and reported_on == set(held_out["init_state_indices"])
+    assert reported_on == {0}  # held-out = the episodes `vla eval --episodes-per-task 1` plays
+    held = json.loads((out / "held_out" / "step_0000010" / "results.json").read_text())
+    assert summary["best"]["held_out_success"] == held_out["average_success"] == held["average_success"]
+    table = (out / "sweep.md").read_text()
+    assert "selection" in table and "held-out" in table and "**best**" in table
+    assert (out / "success_vs_step.png").exists()
 
 
 @pytest.mark.sim
@@ -323,3 +340,96 @@ def test_server_eval_matches_in_process(tiny_policy, tiny_checkpoint, tmp_path):
         remote = evaluate(EvalConfig(server=thread.url, out=str(tmp_path / "remote"), **kw))
     assert remote["protocol"]["policy"] == {"name": thread.url, "kind": "server", "n_action_steps": 4}
     assert remote["tasks"] == local["tasks"]
+
+
+class InProcessEnvs:
+    """``num_envs`` EnvWorkers in this process (the runner batches them as it batches worker processes),
+    so a test can watch what each env is sent."""
+
+    def __init__(self, suite, num_envs, reference, video_dir, video_fps=20) -> None:
+        from eval.vector_env import EnvWorker
+
+        self.num_envs = num_envs
+        self._workers = [EnvWorker(suite, reference, video_dir, video_fps) for _ in range(num_envs)]
+        self._pending: dict[int, tuple] = {}
+
+    def send(self, i, method, arg) -> None:
+        self._pending[i] = (method, arg)
+
+    def recv(self, i):
+        method, arg = self._pending.pop(i)
+        return getattr(self._workers[i], method)(arg)
+
+    def close(self) -> None:
+        for w in self._workers:
+            w.close()
+
+
+def act_temporal_ensembling(chunks: dict[int, np.ndarray], t: int, horizon: int, coeff: float) -> np.ndarray:
+    """ACT's rule, written out: every chunk observed at t0 in (t - H, t] predicts step t with its
+    action t - t0; the oldest prediction weighs exp(0), the next exp(-coeff), ..."""
+    preds = [chunks[t0][t - t0] for t0 in sorted(chunks) if 0 <= t - t0 < horizon]
+    w = np.exp(-coeff * np.arange(len(preds)))
+    return np.einsum("k,kd->d", w / w.sum(), np.stack(preds))
+
+
+@pytest.mark.sim
+def test_ensembling_checkpoint_plays_the_ensembled_actions_per_env(tiny_policy, monkeypatch, tmp_path):
+    """policy.temporal_ensemble_coeff: each env plays ACT's average of its own episode's overlapping chunks
+    (3 episodes on 2 batched envs: the averages are kept per env and start over with each episode)."""
+    import eval.runner as runner
+    from eval.vector_env import EnvWorker
+
+    cfg = dataclasses.replace(tiny_policy.config, n_action_steps=1, temporal_ensemble_coeff=0.5)
+    policy = Policy(cfg, tiny_policy.stats).eval()
+    horizon = cfg.chunk_size
+    batches, chunks, played = [], [], {}
+    real_call, real_predict, real_act = runner.ModelChunker.__call__, policy.predict_chunk, EnvWorker.act
+
+    def chunker_call(self, items):
+        batches.append([(it.spec.episode_index, it.step) for it in items])
+        return real_call(self, items)
+
+    def predict(observation, **kw):
+        chunk = real_predict(observation, **kw)
+        chunks.append(chunk.float().cpu().numpy())
+        return chunk
+
+    def act(self, actions):
+        played.setdefault(self._spec.episode_index, []).extend(np.asarray(actions))
+        return real_act(self, actions)
+
+    monkeypatch.setattr(runner, "make_vector_env", InProcessEnvs)
+    monkeypatch.setattr(runner.ModelChunker, "__call__", chunker_call)
+    monkeypatch.setattr(policy, "predict_chunk", predict)
+    monkeypatch.setattr(EnvWorker, "act", act)
+    res = evaluate_policy(policy, "mw-easy", 3, tmp_path, tasks="reach-v3", max_steps=5, num_envs=2, progress=False)
+    assert res["tasks"]["reach-v3"]["episodes"] == 3
+    assert max(len(b) for b in batches) == 2  # the two envs shared forward passes
+    observed: dict[int, dict[int, np.ndarray]] = {}  # episode -> {step: (H, D) chunk from that step's observation}
+    for keys, batch in zip(batches, chunks, strict=True):
+        for (episode, step), chunk in zip(keys, batch, strict=True):
+            observed.setdefault(episode, {})[step] = chunk
+    assert sorted(observed) == sorted(played) == [0, 1, 2]
+    for episode, actions in played.items():
+        assert sorted(observed[episode]) == list(range(len(actions)))  # a new observation every step
+        expected = [act_temporal_ensembling(observed[episode], t, horizon, 0.5) for t in range(len(actions))]
+        np.testing.assert_allclose(np.stack(actions), np.stack(expected), rtol=1e-5, atol=1e-6)
+        assert not np.allclose(actions[1], observed[episode][1][0])  # not simply each new chunk's first action
+
+
+@pytest.mark.sim
+def test_shards_merge_into_the_unsharded_evaluation(tmp_path):
+    """Two shares of the episodes, merged, report what one run of all of them reports."""
+    from eval.runner import merge_shards
+
+    kw = dict(policy="random", suite="mw-easy", tasks="0", episodes_per_task=3, max_steps=5, progress=False)
+    whole = evaluate(EvalConfig(out=str(tmp_path / "whole"), **kw))
+    shares = [evaluate(EvalConfig(out=str(tmp_path / "sharded"), num_shards=2, shard_index=i, **kw)) for i in (1, 0)]
+    played = [{r["episode_index"] for r in s["episodes"]} for s in shares]
+    assert played == [{2}, {0, 1}]  # contiguous and balanced
+    assert (tmp_path / "sharded" / "shard_0" / EPISODES_FILE).exists()
+    merged = merge_shards(tmp_path / "sharded", shares)
+    assert _strip(merged) == _strip(whole) == _read(tmp_path / "sharded")
+    with pytest.raises(ValueError, match="shards 0..1 of one run"):
+        merge_shards(tmp_path / "sharded", [shares[0], shares[0]])

@@ -234,3 +234,45 @@ def test_periodic_simulation_eval_and_tensorboard(metaworld_layout_dataset, tmp_
     assert len(evals) == 1 and evals[0]["step"] == 2 and 0.0 <= evals[0]["eval_success"] <= 1.0
     assert (out / "evals" / "step_0000002" / "results.json").exists()
     assert any((out / "tensorboard").iterdir())
+
+
+@pytest.mark.sim
+@pytest.mark.slow
+def test_ddp_periodic_eval_shares_the_episodes_among_ranks(metaworld_layout_dataset, tmp_path):
+    """Under 2-process gloo DDP each rank plays its own share of the evaluation episodes (none waits in
+    a barrier while another plays them all) and rank 0 logs the success of all of them together."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m"]
+    r = run_vla(
+        [
+            "train",
+            f"--dataset.root={metaworld_layout_dataset}",
+            "--policy.head.type=regression",
+            "--train.steps=2",
+            "--train.batch_size=2",
+            f"--output_dir={out}",
+            "--train.eval_every=2",
+            "--train.eval_suite=mw-easy",
+            "--train.eval_episodes_per_task=1",
+            "--train.eval_max_steps=4",
+            *TINY,
+        ],
+        launcher=launcher,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    step_dir = out / "evals" / "step_0000002"
+    shares = []
+    for rank in (0, 1):
+        lines = (step_dir / f"shard_{rank}" / "episodes.jsonl").read_text().splitlines()
+        shares.append({(json.loads(x)["task_index"], json.loads(x)["episode_index"]) for x in lines})
+    assert all(shares) and not shares[0] & shares[1]  # both ranks played, never the same episode
+    assert shares[0] | shares[1] == {(t, 0) for t in range(5)}  # together: every episode of mw-easy
+    combined = json.loads((step_dir / "results.json").read_text())
+    assert combined["overall"]["episodes"] == 5 and len(combined["tasks"]) == 5
+    (logged,) = [row for row in metrics(out) if "eval_success" in row]
+    assert logged["step"] == 2 and logged["eval_success"] == combined["average_success"]

@@ -7,8 +7,11 @@
     vla eval --checkpoint CKPT --dataset DIR --frames 64 --out OUT   # open loop, for robots with no simulator
 
 Options (EvalConfig in eval/runner.py): --suite, --checkpoint | --policy oracle|random | --server URL,
---episodes-per-task, --num-envs, --tasks (indices or names, comma-separated), --max-steps, --seed,
---video-episodes K, --device, --compile (regional torch.compile), --n-action-steps, --image-size, --out.
+--episodes-per-task, --first-episode (init states first..first+N-1; default 0), --num-envs, --tasks
+(indices or names, comma-separated), --max-steps, --seed, --video-episodes K, --device, --compile
+(regional torch.compile), --n-action-steps, --image-size, --num-shards/--shard-index (one share of the
+episodes, into DIR/shard_<index>), --out. A checkpoint trained with policy.temporal_ensemble_coeff
+plays ACT's ensembled actions, as Policy.select_action does.
 
 Writes DIR/results.json, results.md, success.png, episodes.jsonl (rerun the same command to resume),
 protocol.json and DIR/videos/*_{success,failure}.mp4. With --dataset (open loop, eval/offline.py):
@@ -27,11 +30,12 @@ def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return 0
-    with friendly_errors("eval"):
+    with friendly_errors("eval") as failures:
         from eval.runner import EvalConfig, evaluate
         from vla.config import parse_config
 
         cfg = parse_config(EvalConfig, hyphens_to_underscores(argv))
+        failures.run_dir = cfg.out
         if cfg.dataset:
             from eval.offline import evaluate_offline
             from vla.models.policy import Policy

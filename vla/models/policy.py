@@ -16,7 +16,6 @@ import contextlib
 import functools
 import json
 import logging
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from torch import nn
 
 import vla.models.backbones  # noqa: F401  (registers the backbone families)
 import vla.models.heads  # noqa: F401  (registers the heads)
+from vla.action_queue import ActionQueue
 from vla.config import from_dict, to_dict
 from vla.models.backbones.base import BackboneConfig
 from vla.models.compile import mark_step
@@ -265,33 +265,25 @@ class Policy(nn.Module):
         chunk = chunk[..., : self.config.action_dim].float()  # padded action dims are not the robot's
         return self.normalizers[embodiment].unnormalize("actions", chunk)
 
+    def action_queue(self, n_action_steps: int | None = None) -> ActionQueue:
+        """How this policy turns chunks into actions, for whoever plays them (``select_action``, the
+        evaluation runner, one queue per env and episode): a new chunk every ``n_action_steps`` (the
+        config's unless given), merged by ACT temporal ensembling when ``temporal_ensemble_coeff`` is set."""
+        return ActionQueue(
+            ensemble_coeff=self.config.temporal_ensemble_coeff,
+            replan_every=n_action_steps or self.config.n_action_steps,
+        )
+
     def reset(self) -> None:
         """Forget queued actions (call at every episode start)."""
-        self._queue: deque[torch.Tensor] = deque()
-        self._ensemble: list[tuple[int, torch.Tensor]] = []
-        self._t = 0
+        self._actions = self.action_queue()
 
     @torch.no_grad()
     def select_action(self, observation: dict) -> torch.Tensor:
-        """One action (B, D) per call; a new chunk every ``n_action_steps`` (or every step when ensembling)."""
-        if self.config.temporal_ensemble_coeff is not None:
-            return self._ensembled_action(observation)
-        if not self._queue:
-            chunk = self.predict_chunk(observation)  # (B, H, D)
-            self._queue.extend(chunk[:, : self.config.n_action_steps].unbind(1))
-        return self._queue.popleft()
-
-    def _ensembled_action(self, observation: dict) -> torch.Tensor:
-        """ACT temporal ensembling: average every live chunk's prediction for now, weights exp(-m * age_rank)."""
-        chunk = self.predict_chunk(observation)
-        self._ensemble.append((self._t, chunk))
-        h = self.config.chunk_size
-        self._ensemble = [(t0, c) for t0, c in self._ensemble if self._t - t0 < h]
-        preds = torch.stack([c[:, self._t - t0] for t0, c in self._ensemble])  # (K, B, D), oldest first
-        weights = torch.exp(-self.config.temporal_ensemble_coeff * torch.arange(len(preds), device=preds.device))
-        weights = (weights / weights.sum()).to(preds.dtype)
-        self._t += 1
-        return torch.einsum("k,kbd->bd", weights, preds)
+        """One action (B, D) per call; a new chunk every ``n_action_steps`` (every step when ensembling)."""
+        if self._actions.needs_chunk:
+            self._actions.add_chunk(self.predict_chunk(observation), self._actions.t)  # (B, H, D)
+        return self._actions.pop()
 
     # ---- checks ---------------------------------------------------------------------------------
     def _check_batch(self, batch: dict, with_actions: bool) -> None:

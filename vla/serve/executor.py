@@ -8,11 +8,13 @@ for the network or the model as long as one round trip is shorter than
 - When ``request_threshold`` or fewer actions remain (and no request is in flight), the
   current observation is sent to the policy from a background thread, tagged with the
   step ``t_req`` at which it was taken.
-- When the chunk arrives at step ``t_now``, its action ``k`` is meant for step
-  ``t_req + k``: the first ``t_now - t_req`` actions were overtaken by time and are
-  dropped; the rest replace the queued actions for the same steps (fresher observation),
-  or, with ``ensemble_coeff`` set, are averaged with them using ACT's temporal-ensembling
-  weights ``exp(-coeff * i)`` (i = 0 for the oldest prediction of a step).
+- When the chunk arrives at step ``t_now``, it is merged into the queue by
+  ``vla.action_queue.ActionQueue`` (the same queue ``Policy.select_action`` and the
+  evaluation runner play from): its action ``k`` is meant for step ``t_req + k``, the
+  first ``t_now - t_req`` actions were overtaken by time and are dropped, the rest replace
+  the queued actions for the same steps (fresher observation) or, with ``ensemble_coeff``
+  set, are averaged with them using ACT's temporal-ensembling weights ``exp(-coeff * i)``
+  (i = 0 for the oldest prediction of a step).
 - Only if the queue runs dry does ``step`` block until the chunk in flight arrives; each
   such wait is counted in ``stats.stalls``.
 
@@ -24,13 +26,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import math
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from vla.action_queue import ActionQueue
 
 log = logging.getLogger(__name__)
 
@@ -64,19 +66,6 @@ class ExecutorStats:
     latency_steps: list[int] = field(default_factory=list)  # t_arrive - t_req per chunk
 
 
-@dataclass
-class _Slot:
-    """Weighted running sum of every prediction received for one absolute step."""
-
-    total: np.ndarray  # (D,)
-    weight: float
-    count: int
-
-    @property
-    def action(self) -> np.ndarray:
-        return self.total / self.weight
-
-
 class ChunkExecutor:
     def __init__(self, infer: Callable[[dict], object], config: ExecutorConfig | None = None):
         self.infer = infer
@@ -86,47 +75,33 @@ class ChunkExecutor:
 
     def reset(self) -> None:
         """Start a new episode: forget the queue (a request in flight is discarded when it lands)."""
-        self._t = 0  # absolute index of the next step to execute
-        self._queue: deque[_Slot] = deque()  # slot i is for step self._t + i
+        self._actions = ActionQueue(self.config.ensemble_coeff, self.config.actions_per_chunk)
         self._inflight: tuple[int, concurrent.futures.Future] | None = None
         self.stats = ExecutorStats()
 
     # ---- chunk bookkeeping (no threads; tested directly) --------------------------------------
     def add_chunk(self, chunk: np.ndarray, t_request: int) -> None:
         """Merge a chunk whose action 0 is for absolute step ``t_request``; drop what time has overtaken."""
-        chunk = np.asarray(chunk, dtype=np.float32)
+        chunk = np.array(chunk, dtype=np.float32)  # a copy: the queue keeps views of it
         if chunk.ndim != 2:
             raise ValueError(f"actions: expected a chunk (H, D), got shape {chunk.shape}")
-        if self.config.actions_per_chunk is not None:
-            chunk = chunk[: self.config.actions_per_chunk]
-        late = self._t - t_request
-        if late < 0:
-            raise ValueError(f"chunk requested at step {t_request} is from the future (now {self._t})")
+        dropped = self._actions.add_chunk(chunk, t_request)
         self.stats.chunks += 1
-        self.stats.latency_steps.append(late)
-        self.stats.dropped += min(late, len(chunk))
-        coeff = self.config.ensemble_coeff
-        for i, action in enumerate(chunk[late:]):
-            if i >= len(self._queue):
-                self._queue.append(_Slot(action.copy(), 1.0, 1))
-            elif coeff is None:
-                self._queue[i] = _Slot(action.copy(), 1.0, 1)  # fresher observation wins
-            else:
-                slot = self._queue[i]
-                w = math.exp(-coeff * slot.count)  # i-th prediction of this step weighs exp(-coeff * i)
-                self._queue[i] = _Slot(slot.total + w * action, slot.weight + w, slot.count + 1)
+        self.stats.latency_steps.append(self._actions.t - t_request)
+        self.stats.dropped += dropped
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return self._actions.queued
 
     def planned(self) -> np.ndarray:
         """The queued actions (Q, D), the first one for step ``t`` (for plots and tests)."""
-        return np.stack([slot.action for slot in self._queue]) if self._queue else np.zeros((0, 0), np.float32)
+        planned = self._actions.planned()
+        return np.stack(planned) if planned else np.zeros((0, 0), np.float32)
 
     @property
     def t(self) -> int:
-        return self._t
+        return self._actions.t
 
     # ---- control loop ---------------------------------------------------------------------------
     def _request(self, obs: dict, t_obs: int) -> None:
@@ -147,7 +122,7 @@ class ChunkExecutor:
             chunk = fut.result(timeout=self.config.wait_timeout_s)
         except concurrent.futures.TimeoutError as e:
             raise TimeoutError(
-                f"no action chunk within {self.config.wait_timeout_s} s (requested at step {t_req}, now {self._t})"
+                f"no action chunk within {self.config.wait_timeout_s} s (requested at step {t_req}, now {self.t})"
             ) from e
         finally:
             if fut.done():
@@ -157,23 +132,23 @@ class ChunkExecutor:
     def step(self, obs: dict) -> np.ndarray:
         """The action (D,) for this control step; ``obs`` is the observation taken at this step."""
         self._collect(block=False)
-        if not self._queue:
+        if not self.queued:
             if self._inflight is None:
-                self._request(obs, self._t)
+                self._request(obs, self.t)
             waited = time.perf_counter()
             self._collect(block=True)
-            if self._t > 0:
+            if self.t > 0:
                 self.stats.stalls += 1
                 self.stats.stall_s += time.perf_counter() - waited
-            if not self._queue:
+            if not self.queued:
                 raise RuntimeError(
-                    f"the chunk that arrived at step {self._t} was entirely overtaken by time; "
+                    f"the chunk that arrived at step {self.t} was entirely overtaken by time; "
                     "raise actions_per_chunk or request_threshold"
                 )
-        action = self._queue.popleft().action
-        t_obs, self._t = self._t, self._t + 1
+        t_obs = self.t
+        action = self._actions.pop()
         self.stats.steps += 1
-        if self._inflight is None and len(self._queue) <= self.config.request_threshold:
+        if self._inflight is None and self.queued <= self.config.request_threshold:
             # obs belongs to step t_obs, already executed: the new chunk's action 0 is dropped on arrival.
             self._request(obs, t_obs)
         return action

@@ -158,6 +158,8 @@ class PolicyServer:
             "action_dim": int(pc.action_dim),
             "chunk_size": int(pc.chunk_size),  # H of every reply's actions (H, D)
             "action_horizon": int(pc.n_action_steps),  # what ActionChunkBroker should play per chunk
+            # ACT temporal ensembling the checkpoint was configured with (ExecutorConfig.ensemble_coeff); None: off
+            "temporal_ensemble_coeff": pc.temporal_ensemble_coeff,
             "fps": float(pc.fps),
             "head": getattr(pc.head, "type", type(pc.head).__name__),
             "expected_keys": self.expected_keys(),

@@ -61,7 +61,8 @@ class LoopConfig:
     eval_suite: str | None = None
     eval_episodes_per_task: int = 2
     eval_max_steps: int | None = None  # override the suite's step limit (quick checks)
-    eval_num_envs: int = 1
+    eval_num_envs: int = 1  # per process: under DDP every rank plays its share of the episodes
+    eval_timeout_s: float = 4 * 3600  # DDP: how long ranks that finished their share wait for the others
     compile: bool = (
         False  # regional torch.compile of the VLM's MLPs, vision layers and head blocks (vla/models/compile.py)
     )

@@ -10,6 +10,7 @@ resumed run continues exactly where it stopped.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import math
@@ -43,6 +44,7 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         self.step = 0
+        self._eval_group = None  # the periodic evaluation's gloo group (several processes only)
 
     # ---- setup ----------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -261,27 +263,51 @@ class Trainer:
         return self.ckpt.save(self.step, unwrapped, self.ema)
 
     def _evaluate(self) -> None:
-        """Periodic simulation evaluation through the evaluation runner (main process only)."""
-        if not self.is_main:
-            self.accelerator.wait_for_everyone()
-            return
-        from eval.runner import evaluate_policy
+        """Periodic simulation evaluation through the evaluation runner, shared by all ranks.
 
-        policy = self.accelerator.unwrap_model(self.policy)
+        Why shared: had rank 0 played every episode while the others waited in a barrier, a long
+        evaluation (LIBERO) would outlast the collective timeout and kill the run. Each rank plays
+        its own contiguous share of the episodes (into ``evals/step_*/shard_<rank>``), rank 0
+        gathers the shares, writes the report of all of them to ``evals/step_*`` and logs its
+        success. A rank that finishes early waits only in that gather, on a gloo group of its own
+        whose timeout is ``train.eval_timeout_s``.
+        """
+        from eval.runner import evaluate_policy, merge_shards
+
+        acc, lc = self.accelerator, self.cfg.train
+        out = self.out / "evals" / f"step_{self.step:07d}"
+        policy = acc.unwrap_model(self.policy)
         policy.eval()
-        lc = self.cfg.train
-        res = evaluate_policy(
+        share = evaluate_policy(
             policy,
             lc.eval_suite,
             lc.eval_episodes_per_task,
-            out_dir=self.out / "evals" / f"step_{self.step:07d}",
+            out_dir=out,
             max_steps=lc.eval_max_steps,
             num_envs=lc.eval_num_envs,
             progress=False,
+            num_shards=acc.num_processes,
+            shard_index=acc.process_index,
         )
         policy.train()
-        self.metrics.log({"step": self.step, "eval_success": res["average_success"]})
-        self.accelerator.wait_for_everyone()
+        if acc.num_processes == 1:
+            self.metrics.log({"step": self.step, "eval_success": share["average_success"]})
+            return
+        shares = self._gather_to_main(share)
+        if self.is_main:
+            res = merge_shards(out, shares)
+            self.metrics.log({"step": self.step, "eval_success": res["average_success"]})
+
+    def _gather_to_main(self, obj) -> list | None:
+        """Every rank's ``obj`` on rank 0 (None elsewhere), over the evaluation's own gloo group."""
+        import torch.distributed as dist
+
+        if self._eval_group is None:  # created by every rank at its first evaluation, as new_group requires
+            timeout = datetime.timedelta(seconds=self.cfg.train.eval_timeout_s)
+            self._eval_group = dist.new_group(backend="gloo", timeout=timeout)
+        gathered = [None] * self.accelerator.num_processes if self.is_main else None
+        dist.gather_object(obj, gathered, dst=0, group=self._eval_group)
+        return gathered
 
     def cleanup(self) -> None:
         self.accelerator.wait_for_everyone()

@@ -1,0 +1,119 @@
+"""The action queue: which action a chunked policy plays at each control step.
+
+One implementation, used by every place that turns action chunks into actions:
+``Policy.select_action`` (in process), ``vla.serve.executor.ChunkExecutor`` (a robot
+playing a served policy's chunks asynchronously) and the evaluation runner (one queue
+per simulated env, started over with each episode).
+
+Slots are indexed by absolute control step. A chunk observed at step ``t_request`` has
+its action ``k`` meant for step ``t_request + k``; actions for steps already played are
+overtaken by time and dropped. A chunk's action for a step that already has one either
+replaces it (the fresher observation wins) or, with ``ensemble_coeff``, is averaged with
+it as in ACT's temporal ensembling: the ``i``-th prediction received for a step weighs
+``exp(-ensemble_coeff * i)`` (``i = 0`` for the oldest).
+
+Chunks are ``(..., H, D)`` arrays (numpy or torch; the step axis is ``-2``), so one queue
+serves a batch of streams that run in lock step (``Policy.select_action`` on a ``(B, H,
+D)`` batch) as well as a single stream (``(H, D)``). Only indexing and arithmetic are
+used, so a queue never copies tensors between devices; chunks must not be modified in
+place after they are added.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class _Slot:
+    """Weighted running sum of every prediction received for one step."""
+
+    total: Any  # (..., D)
+    weight: float
+    count: int
+
+    @property
+    def action(self) -> Any:
+        return self.total / self.weight
+
+
+class ActionQueue:
+    """Planned actions by absolute step; see the module docstring.
+
+    ``ensemble_coeff``: ACT temporal ensembling of overlapping chunks (None: the newest chunk wins).
+    ``actions_per_chunk``: keep only the first K actions of each chunk (None: all H).
+    ``replan_every``: a new chunk is due every this many steps (``needs_chunk``); None leaves
+    the timing to the caller (the executor requests ahead of time by its own threshold).
+    """
+
+    def __init__(
+        self,
+        ensemble_coeff: float | None = None,
+        actions_per_chunk: int | None = None,
+        replan_every: int | None = None,
+    ) -> None:
+        for name, value in (("actions_per_chunk", actions_per_chunk), ("replan_every", replan_every)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        self.ensemble_coeff = ensemble_coeff
+        self.actions_per_chunk = actions_per_chunk
+        self.replan_every = replan_every
+        self.reset()
+
+    def reset(self) -> None:
+        """A new episode: step 0, nothing planned."""
+        self._t = 0  # absolute index of the next step to play
+        self._slots: deque[_Slot] = deque()  # slot i is for step self._t + i
+        self._last_request: int | None = None  # t_request of the newest chunk added
+
+    @property
+    def t(self) -> int:
+        """The step whose action ``pop`` returns next (= actions played since ``reset``)."""
+        return self._t
+
+    @property
+    def queued(self) -> int:
+        return len(self._slots)
+
+    @property
+    def needs_chunk(self) -> bool:
+        """True when nothing is planned, or ``replan_every`` steps have passed since the newest chunk's observation."""
+        if not self._slots or self._last_request is None:
+            return True
+        return self.replan_every is not None and self._t - self._last_request >= self.replan_every
+
+    def add_chunk(self, chunk: Any, t_request: int) -> int:
+        """Merge ``chunk`` (..., H, D), observed at step ``t_request``; returns how many of its actions were
+        already overtaken by time (dropped)."""
+        if len(chunk.shape) < 2:
+            raise ValueError(f"actions: expected a chunk (..., H, D), got shape {tuple(chunk.shape)}")
+        late = self._t - t_request
+        if late < 0:
+            raise ValueError(f"chunk requested at step {t_request} is from the future (now {self._t})")
+        horizon = chunk.shape[-2] if self.actions_per_chunk is None else min(chunk.shape[-2], self.actions_per_chunk)
+        self._last_request = t_request if self._last_request is None else max(self._last_request, t_request)
+        for i in range(horizon - late if horizon > late else 0):
+            action = chunk[..., late + i, :]
+            if i >= len(self._slots):
+                self._slots.append(_Slot(action, 1.0, 1))
+            elif self.ensemble_coeff is None:
+                self._slots[i] = _Slot(action, 1.0, 1)  # fresher observation wins
+            else:
+                slot = self._slots[i]
+                w = math.exp(-self.ensemble_coeff * slot.count)  # the i-th prediction of a step weighs exp(-coeff * i)
+                self._slots[i] = _Slot(slot.total + w * action, slot.weight + w, slot.count + 1)
+        return min(late, horizon)
+
+    def pop(self) -> Any:
+        """The action (..., D) for step ``t``; advances to the next step."""
+        if not self._slots:
+            raise RuntimeError(f"no action planned for step {self._t}: add a chunk first")
+        self._t += 1
+        return self._slots.popleft().action
+
+    def planned(self) -> list:
+        """The queued actions, the first one for step ``t`` (for plots and tests)."""
+        return [slot.action for slot in self._slots]
