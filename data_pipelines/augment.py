@@ -3,13 +3,16 @@
 They run after collation, on (B, N, 3, H, W) float images in [0, 1] (usually already
 on the GPU), so augmentation costs one vectorized kernel per batch instead of
 per-sample PIL work inside DataLoader workers. Each transform is a frozen dataclass:
-``t(images, generator=None, train=True)``. Random draws come from ``generator``
-(a CPU ``torch.Generator``; the draws are moved to the images' device), so a seeded
-generator gives the same result on any device. ``train=False`` makes every random
-transform the identity; ``Resize`` is not an augmentation and always applies, so
-evaluation sees the model's resolution too.
+``t(images, generator=None, train=True)``. Random draws come from ``generator``: one
+``torch.Generator`` for the batch, or one per sample (the trainer's, keyed by the sample:
+see vla.utils.sample_rng), in which case a sample's augmentation does not depend on the
+other samples of its batch. Draws are made on the generator's device (the CPU) and moved
+to the images', so a seeded generator gives the same result on any device. ``train=False``
+makes every random transform the identity; ``Resize`` is not an augmentation and always
+applies, so evaluation sees the model's resolution too.
 
-Each camera of each sample gets its own random draw.
+Each camera of each sample gets its own random draw. ``AugmentConfig`` is the recipe's
+``augment:`` section and builds the training pipeline.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from vla.shapes import check_shape
+from vla.utils import sample_rng
+from vla.utils.sample_rng import Generators
 
 
 def _flat(images: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -34,11 +39,11 @@ def _unflat(x: torch.Tensor, b: int) -> torch.Tensor:
     return rearrange(x, "(b n) c h w -> b n c h w", b=b)
 
 
-def _uniform(n: int, lo: float, hi: float, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """(n,) uniform draws in [lo, hi], drawn on the generator's device then moved."""
-    gen_device = generator.device if generator is not None else torch.device("cpu")
-    u = torch.rand(n, generator=generator, device=gen_device)
-    return (lo + (hi - lo) * u).to(device)
+def _uniform(x: torch.Tensor, b: int, lo: float, hi: float, generator: Generators) -> torch.Tensor:
+    """((B*N),) uniform draws in [lo, hi] on x's device, one per image of the flat (B*N) batch ``x``;
+    a per-sample generator draws its sample's N."""
+    u = sample_rng.rand((b, x.shape[0] // b), generator, x.device)  # (B, N)
+    return lo + (hi - lo) * u.flatten()
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,7 @@ class Resize:
 
     size: tuple[int, int] = (224, 224)
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None, train: bool = True):
+    def __call__(self, images: torch.Tensor, generator: Generators = None, train: bool = True):
         if tuple(images.shape[-2:]) == tuple(self.size):
             return images
         x, b = _flat(images)
@@ -61,14 +66,14 @@ class RandomShift:
 
     pad: int = 4
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None, train: bool = True):
+    def __call__(self, images: torch.Tensor, generator: Generators = None, train: bool = True):
         if not train or self.pad == 0:
             return images
         x, b = _flat(images)
         n, _, h, w = x.shape
         # Integer shifts, so output pixels are exact copies of input pixels.
-        dx = _uniform(n, -self.pad, self.pad, generator, x.device).round()
-        dy = _uniform(n, -self.pad, self.pad, generator, x.device).round()
+        dx = _uniform(x, b, -self.pad, self.pad, generator).round()
+        dy = _uniform(x, b, -self.pad, self.pad, generator).round()
         theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
         theta[:, 0, 0] = 1
         theta[:, 1, 1] = 1
@@ -85,7 +90,7 @@ class RandomCrop:
 
     scale: float = 0.9
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None, train: bool = True):
+    def __call__(self, images: torch.Tensor, generator: Generators = None, train: bool = True):
         if not 0 < self.scale <= 1:
             raise ValueError(f"RandomCrop.scale must be in (0, 1], got {self.scale}")
         if not train or self.scale == 1:
@@ -93,8 +98,8 @@ class RandomCrop:
         x, b = _flat(images)
         n = x.shape[0]
         # The window center may move by at most (1 - scale) of the half-extent in each axis.
-        cx = _uniform(n, -(1 - self.scale), 1 - self.scale, generator, x.device)
-        cy = _uniform(n, -(1 - self.scale), 1 - self.scale, generator, x.device)
+        cx = _uniform(x, b, -(1 - self.scale), 1 - self.scale, generator)
+        cy = _uniform(x, b, -(1 - self.scale), 1 - self.scale, generator)
         theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
         theta[:, 0, 0] = self.scale
         theta[:, 1, 1] = self.scale
@@ -113,14 +118,14 @@ class ColorJitter:
     contrast: float = 0.2
     saturation: float = 0.2
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None, train: bool = True):
+    def __call__(self, images: torch.Tensor, generator: Generators = None, train: bool = True):
         if not train:
             return images
         x, b = _flat(images)
         n = x.shape[0]
 
         def factor(a: float) -> torch.Tensor:  # (n, 1, 1, 1)
-            return _uniform(n, 1 - a, 1 + a, generator, x.device).to(x.dtype).view(n, 1, 1, 1)
+            return _uniform(x, b, 1 - a, 1 + a, generator).to(x.dtype).view(n, 1, 1, 1)
 
         # ITU-R 601 luma weights, as torchvision's rgb_to_grayscale.
         luma = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
@@ -138,7 +143,7 @@ class Compose:
 
     transforms: Sequence = field(default_factory=tuple)
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None, train: bool = True):
+    def __call__(self, images: torch.Tensor, generator: Generators = None, train: bool = True):
         for t in self.transforms:
             images = t(images, generator=generator, train=train)
         return images
@@ -146,21 +151,33 @@ class Compose:
 
 @dataclass
 class AugmentConfig:
-    """YAML-facing description of the default pipeline: resize, then crop/shift, then color."""
+    """The recipe's ``augment:`` section: crop/shift, then color jitter, applied on the device.
 
-    image_size: list[int] = field(default_factory=lambda: [224, 224])
-    crop_scale: float = 0.95  # 1 = no crop
-    shift_pad: int = 0  # 0 = no shift
+    No resize: the dataset (``dataset.image_size``) and the backbone set the resolution.
+    """
+
+    enabled: bool = True
+    crop_scale: float = 0.95  # random crop of this fraction of each side, resized back (0 or 1 disables)
+    shift_pad: int = 0  # random shift by up to this many pixels (0 disables)
     brightness: float = 0.2
     contrast: float = 0.2
     saturation: float = 0.2
 
-    def build(self) -> Compose:
-        ts: list = [Resize(tuple(self.image_size))]
-        if self.crop_scale < 1:
+    def __post_init__(self):
+        if not 0 <= self.crop_scale <= 1:
+            raise ValueError(f"augment.crop_scale must be in [0, 1] (0 or 1: no crop), got {self.crop_scale}")
+        if self.shift_pad < 0:
+            raise ValueError(f"augment.shift_pad must be >= 0, got {self.shift_pad}")
+
+    def build(self) -> Compose | None:
+        """The pipeline, or None when disabled or when every transform is off."""
+        if not self.enabled:
+            return None
+        ts: list = []
+        if 0 < self.crop_scale < 1:
             ts.append(RandomCrop(self.crop_scale))
         if self.shift_pad > 0:
             ts.append(RandomShift(self.shift_pad))
         if self.brightness or self.contrast or self.saturation:
             ts.append(ColorJitter(self.brightness, self.contrast, self.saturation))
-        return Compose(tuple(ts))
+        return Compose(tuple(ts)) if ts else None

@@ -50,15 +50,34 @@ def test_color_jitter_identity_at_zero_and_brightness_only():
 
 
 def test_compose_from_config_matches_manual():
-    cfg = AugmentConfig(image_size=[16, 16], crop_scale=0.9, shift_pad=1)
+    cfg = AugmentConfig(crop_scale=0.9, shift_pad=1)
     pipe = cfg.build()
     x = images()
-    manual = Compose((Resize((16, 16)), RandomCrop(0.9), RandomShift(1), ColorJitter()))
+    manual = Compose((RandomCrop(0.9), RandomShift(1), ColorJitter()))
     torch.testing.assert_close(
         pipe(x, generator=torch.Generator().manual_seed(2)), manual(x, generator=torch.Generator().manual_seed(2))
     )
-    assert pipe(x, train=False).shape == (3, 2, 3, 16, 16)
-    torch.testing.assert_close(pipe(x, train=False), Resize((16, 16))(x))
+    assert pipe(x, train=False) is x
+    assert AugmentConfig(enabled=False).build() is None
+    assert AugmentConfig(crop_scale=1, brightness=0, contrast=0, saturation=0).build() is None
+    with pytest.raises(ValueError, match="augment.crop_scale"):
+        AugmentConfig(crop_scale=1.5)
+
+
+def test_per_sample_generators_make_a_sample_independent_of_its_batch():
+    """With one generator per sample, sample i's augmentation is the same in any batch (the trainer's DDP case)."""
+    pipe = AugmentConfig(crop_scale=0.8, shift_pad=2).build()
+    x = images(b=4)
+
+    def gens(seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    whole = pipe(x, generator=gens([10, 11, 12, 13]))
+    halves = torch.cat([pipe(x[:2], generator=gens([10, 11])), pipe(x[2:], generator=gens([12, 13]))])
+    torch.testing.assert_close(whole, halves, rtol=0, atol=1e-6)
+    assert not torch.equal(whole[0], pipe(x, generator=gens([20, 11, 12, 13]))[0])
+    with pytest.raises(ValueError, match="3 generators for a draw of shape"):
+        pipe(x, generator=gens([1, 2, 3]))
 
 
 def test_shape_error_names_images():

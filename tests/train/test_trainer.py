@@ -12,7 +12,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = [
+TINY_MODEL = [
     "--policy.backbone.preset=tiny-smolvlm",
     "--policy.chunk_size=4",
     "--policy.n_action_steps=2",
@@ -20,8 +20,8 @@ TINY = [
     "--train.log_every=1",
     "--optim.warmup_steps=2",
     "--optim.lr=1e-3",
-    "--augment.enabled=false",
 ]
+TINY = [*TINY_MODEL, "--augment.enabled=false"]
 
 
 def run_vla(args: list[str], launcher: list[str] | None = None, **kw) -> subprocess.CompletedProcess:
@@ -108,29 +108,38 @@ def test_bad_inputs_give_named_errors(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_ddp_matches_single_process(metaworld_layout_dataset, tmp_path):
-    """gloo DDP at batch 2 x 2 processes follows the same loss curve as 1 process at batch 4."""
+@pytest.mark.parametrize(("head", "port"), [("regression", 29533), ("flow", 29534), ("diffusion", 29535)])
+def test_two_process_ddp_matches_single_process(metaworld_layout_dataset, tmp_path, head, port):
+    """gloo DDP at batch 2 x 2 processes follows the same loss curve as 1 process at batch 4, and as
+    1 process at batch 2 accumulating 2 micro-steps, with the default augmentation on: each sample's
+    augmentation, noise and time depend on (seed, step, sample index), not on the rank that draws them."""
     common = [
         "train",
         f"--dataset.root={metaworld_layout_dataset}",
-        "--policy.head.type=regression",
-        "--train.steps=8",
-        *TINY,
+        f"--policy.head.type={head}",
+        "--train.steps=4",
+        *TINY_MODEL,  # augmentation on: the default
     ]
-    single = tmp_path / "single"
-    r = run_vla([*common, "--train.batch_size=4", f"--output_dir={single}"])
-    assert r.returncode == 0, r.stderr[-3000:]
-    ddp = tmp_path / "ddp"
-    # accelerate's own launcher runs one process on CPU; torchrun starts two and accelerate picks gloo.
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "-m"]
-    r = run_vla([*common, "--train.batch_size=2", f"--output_dir={ddp}"], launcher=launcher)
-    assert r.returncode == 0, r.stderr[-3000:]
-    a, b = metrics(single), metrics(ddp)
-    assert len(a) == len(b) == 8
+    runs = {
+        "single": ([*common, "--train.batch_size=4"], None),
+        "accum": ([*common, "--train.batch_size=2", "--train.grad_accum=2"], None),
+        # accelerate's own launcher runs one process on CPU; torchrun starts two and accelerate picks gloo.
+        "ddp": (
+            [*common, "--train.batch_size=2"],
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m"],
+        ),
+    }
+    curves = {}
+    for name, (args, launcher) in runs.items():
+        r = run_vla([*args, f"--output_dir={tmp_path / name}"], launcher=launcher)
+        assert r.returncode == 0, r.stderr[-3000:]
+        curves[name] = metrics(tmp_path / name)
+        assert len(curves[name]) == 4
     # Identical up to float reduction order: the loss is a plain mean over samples (see masked_mean).
-    for ra, rb in zip(a, b, strict=True):
-        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-4), (ra, rb)
-        assert ra["lr"] == pytest.approx(rb["lr"], rel=1e-6)
+    for other in ("accum", "ddp"):
+        for ra, rb in zip(curves["single"], curves[other], strict=True):
+            assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-4), (other, ra, rb)
+            assert ra["lr"] == pytest.approx(rb["lr"], rel=1e-6)
 
 
 def test_kill_and_resume_reproduces_uninterrupted_run(metaworld_layout_dataset, tmp_path, kill_at_checkpoint):
@@ -141,7 +150,7 @@ def test_kill_and_resume_reproduces_uninterrupted_run(metaworld_layout_dataset, 
         "--train.steps=30",
         "--train.batch_size=2",
         "--train.save_every=4",
-        *TINY,
+        *TINY_MODEL,  # augmentation on: its draws, like the noise and time, resume exactly
     ]
     full = tmp_path / "full"
     r = run_vla([*common, f"--output_dir={full}"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from data_pipelines.lerobot_source import LeRobotSource
@@ -172,3 +173,30 @@ def test_token_heads_train_on_bounded_actions(metaworld_layout_dataset):
     tok = policy.head.tokenizer
     errors = [abs(tok.decode(tok.encode(c), 5, 4) - c).mean() for c in chunks]
     assert sum(errors) / len(errors) < tok.bin_width  # half a bin on average, plus the few clipped tails
+
+
+@pytest.mark.parametrize("head", ["flow", "diffusion"])
+def test_a_samples_draws_do_not_depend_on_the_batch_it_lands_in(metaworld_layout_dataset, head):
+    """Augmentation (on by default), noise and time are keyed by (seed, step, sample index): a batch of 4
+    gives each sample what two batches of 2 give it (the ranks of DDP, the micro-steps of accumulation)."""
+    data = build_training_data(DatasetConfig(root=str(metaworld_layout_dataset)), _policy_cfg(head), AugmentConfig())
+    assert data.augment is not None
+    cfg = _policy_cfg(head)
+    cfg.cameras, cfg.state_dim, cfg.action_dim = data.cameras, data.state_dim, data.action_dim
+    torch.manual_seed(0)
+    policy = Policy(cfg, data.stats)
+
+    def batch(indices, step=3):
+        return data.to_device(data.collate([data.indexed[i] for i in indices]), "cpu", step=step)
+
+    whole, halves = batch([5, 17, 2, 30]), [batch([5, 17]), batch([2, 30])]
+    torch.testing.assert_close(whole["images"], torch.cat([h["images"] for h in halves]), rtol=0, atol=1e-6)
+    raw = data.collate([data.indexed[i] for i in (5, 17, 2, 30)])["images"]
+    assert not torch.allclose(whole["images"], raw)  # augmented
+    losses = [policy.compute_loss(h)[0] for h in halves]
+    torch.testing.assert_close(policy.compute_loss(whole)[0], sum(losses) / 2, rtol=1e-5, atol=1e-6)
+    # Another step, or the same step again, draws anew / the same.
+    assert not torch.equal(batch([5, 17])["images"], batch([5, 17], step=4)["images"])
+    torch.testing.assert_close(policy.compute_loss(batch([5, 17]))[0], losses[0], rtol=0, atol=0)
+    with pytest.raises(KeyError, match="sample_index"):
+        data.to_device(data.collate([data.dataset[0]]), "cpu", step=0)

@@ -26,6 +26,7 @@ from torch import nn
 
 import vla.models.backbones  # noqa: F401  (registers the backbone families)
 import vla.models.heads  # noqa: F401  (registers the heads)
+from vla import types as T
 from vla.action_queue import ActionQueue
 from vla.config import from_dict, to_dict
 from vla.models.backbones.base import BackboneConfig
@@ -33,6 +34,7 @@ from vla.models.compile import mark_step
 from vla.models.heads.base import HeadConfig
 from vla.models.normalizer import Normalizer
 from vla.shapes import check_keys, check_shape
+from vla.utils import sample_rng
 from vla.utils.atomic import atomic_dir
 from vla.utils.device import resolve_device
 
@@ -196,6 +198,8 @@ class Policy(nn.Module):
 
         ``batch["noise"]`` (B, H, model_action_dim) and ``batch["time"]`` (B,), when given, replace the
         flow head's random draws: the same batch, noise and time give the same loss (parity tests).
+        ``batch["generators"]`` (B per-sample generators, see vla.utils.sample_rng; the trainer's batches
+        carry them) is where stochastic heads draw each sample's noise and time; without it, the global RNG.
         """
         self._check_batch(batch, with_actions=True)
         actions = self._normalize("actions", batch["actions"].float(), batch.get("dataset_index"))  # (B, H, D)
@@ -209,7 +213,7 @@ class Policy(nn.Module):
             "action_pad": batch.get("action_pad", torch.zeros(b, h, dtype=torch.bool, device=actions.device)),
             "action_dim_mask": pad_last(dim_mask.bool(), width),  # padded dims never reach the loss
         }
-        target.update({k: batch[k] for k in ("noise", "time") if batch.get(k) is not None})
+        target.update({k: batch[k] for k in ("noise", "time", T.GENERATORS) if batch.get(k) is not None})
         return self.head.loss(prefix_fn, target)
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -252,10 +256,9 @@ class Policy(nn.Module):
             elif isinstance(seed, list | tuple):
                 if len(seed) != images.shape[0]:
                     raise ValueError(f"seed: expected {images.shape[0]} per-sample seeds, got {len(seed)}")
-                shape = (self.config.chunk_size, self.config.model_action_dim)
-                noise = torch.stack(
-                    [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seed]
-                ).to(images.device)  # (B, H, D)
+                shape = (len(seed), self.config.chunk_size, self.config.model_action_dim)
+                gens = [torch.Generator().manual_seed(int(s)) for s in seed]
+                noise = sample_rng.randn(shape, gens, images.device)  # (B, H, D), row i from seed i alone
                 seed = hash(tuple(int(s) for s in seed)) % 2**63
             if seed is not None:
                 torch.manual_seed(seed)

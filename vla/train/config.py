@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from data_pipelines.augment import AugmentConfig
 from vla.models.policy import PolicyConfig
 from vla.train.optim import OptimConfig
 
@@ -33,16 +34,6 @@ class DatasetConfig:
     cache_max_gb: float = 8.0
     cache_persist: bool = True  # keep the decoded samples on disk; the next run with the same data loads them
     cache_dir: str | None = None  # where (None: $VLA_CACHE_DIR/samples, else ~/.cache/vla/samples)
-
-
-@dataclass
-class AugmentConfig:
-    enabled: bool = True
-    crop_scale: float = 0.95  # random crop of this fraction of each side, resized back (0 or 1 disables)
-    shift_pad: int = 0  # random shift by up to this many pixels (0 disables)
-    brightness: float = 0.2
-    contrast: float = 0.2
-    saturation: float = 0.2
 
 
 @dataclass

@@ -12,12 +12,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_pipelines.augment import Compose
 from data_pipelines.cache import InMemoryDataset, default_store_dir
 from data_pipelines.collate import collate
 from data_pipelines.feature_map import FeatureMapConfig
 from data_pipelines.lerobot_source import LeRobotSource, LeRobotSourceConfig
 from data_pipelines.stats import compute_stats, read_columns
+from vla import types as T
 from vla.train.sampler import SampleWeights
+from vla.utils.sample_rng import keyed_generators
 
 
 @dataclass
@@ -29,21 +32,51 @@ class TrainingData:
     fps: float
     stats: dict  # canonical {"state": {...}, "actions": {...}} for the Normalizer
     sample_weights: SampleWeights | None = None  # how the sampler draws (mixtures); None: epochs of permutations
-    augment: object | None = None  # data_pipelines.augment transform, applied on the device
-    seed: int = 0
+    augment: Compose | None = None  # data_pipelines.augment transform, applied on the device
+    seed: int = 0  # with the step and the sample index, the key of every random draw of a sample
     image_size: int = 0  # square side of the images the policy sees (0: not square, or a mixture)
 
     @staticmethod
     def collate(samples: list[dict]) -> dict:
         return collate(samples)
 
-    def to_device(self, batch: dict[str, Any], device, step: int, rank: int) -> dict[str, Any]:
-        """Move to the device and augment there; the augmentation seed is a function of (seed, step, rank)."""
+    @property
+    def indexed(self) -> IndexedDataset:
+        """The dataset whose samples carry their own index: what the trainer loads batches from."""
+        return IndexedDataset(self.dataset)
+
+    def to_device(self, batch: dict[str, Any], device, step: int) -> dict[str, Any]:
+        """Move to the device, give each sample its random stream, and augment there.
+
+        Sample i's generator is keyed by (seed, step, its dataset index) (vla.utils.sample_rng): its
+        augmentation is drawn first, then the head draws its noise and time from the same generator
+        (``batch["generators"]``). ``step`` is the optimizer step, so the micro-steps of gradient
+        accumulation, the ranks of DDP and one large batch all give a sample the same draws.
+        """
+        if T.SAMPLE_INDEX not in batch:
+            raise KeyError(
+                f"batch has no {T.SAMPLE_INDEX!r}: load training batches from TrainingData.indexed, "
+                "whose samples carry the index that keys their random draws"
+            )
+        gens = keyed_generators(self.seed, step, batch[T.SAMPLE_INDEX].tolist())
         out = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
         if self.augment is not None:
-            gen = torch.Generator(device=device).manual_seed(((self.seed * 1_000_003 + step) * 4099 + rank) % 2**63)
-            out["images"] = self.augment(out["images"], generator=gen)
+            out[T.IMAGES] = self.augment(out[T.IMAGES], generator=gens)
+        out[T.GENERATORS] = gens
         return out
+
+
+class IndexedDataset(torch.utils.data.Dataset):
+    """``dataset[i]`` plus ``sample_index = i``, which keys sample i's random draws in training."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        return {**self.dataset[idx], T.SAMPLE_INDEX: idx}
 
 
 def _source(root: str | None, repo_id: str | None, dcfg, chunk: int) -> LeRobotSource:
@@ -67,7 +100,7 @@ def build_training_data(dcfg, pcfg, acfg, seed: int = 0) -> TrainingData:
     """One dataset, or a weighted mixture when ``dataset.mixture`` lists more."""
     if dcfg.root is None and dcfg.repo_id is None:
         raise ValueError("no dataset: set dataset.root=DIR (a LeRobot v3 dataset) or dataset.repo_id=ID")
-    augment = build_augment(acfg) if acfg.enabled else None
+    augment = acfg.build()
     if dcfg.mixture:
         from data_pipelines.mixture import MixtureDataset
 
@@ -127,20 +160,6 @@ def _parse_member(spec: str) -> tuple[str, float]:
         return root, float(weight) if weight else 1.0
     except ValueError as e:
         raise ValueError(f"dataset.mixture entry {spec!r}: expected 'ROOT' or 'ROOT:WEIGHT'") from e
-
-
-def build_augment(acfg):
-    """Crop/shift then color jitter, on the device; no resize (the backbone resizes to its own resolution)."""
-    from data_pipelines.augment import ColorJitter, Compose, RandomCrop, RandomShift
-
-    ts: list = []
-    if 0 < acfg.crop_scale < 1:
-        ts.append(RandomCrop(acfg.crop_scale))
-    if acfg.shift_pad > 0:
-        ts.append(RandomShift(acfg.shift_pad))
-    if acfg.brightness or acfg.contrast or acfg.saturation:
-        ts.append(ColorJitter(acfg.brightness, acfg.contrast, acfg.saturation))
-    return Compose(tuple(ts)) if ts else None
 
 
 def normalized_action_chunks(data: TrainingData, policy, max_chunks: int = 20000) -> np.ndarray:

@@ -58,6 +58,9 @@ class Trainer:
             cpu=not torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true",
         )
         acc = self.accelerator
+        # The same seed on every rank: the model initializes identically everywhere. Nothing per-sample
+        # comes from this global RNG: each sample's augmentation, noise and time come from its own
+        # generator, keyed by (seed, step, sample index) in TrainingData.to_device.
         set_seed(cfg.train.seed, device_specific=False)
         self.is_main = acc.is_main_process
         self.data: TrainingData = build_training_data(cfg.dataset, cfg.policy, cfg.augment, seed=cfg.train.seed)
@@ -114,7 +117,7 @@ class Trainer:
                 log.info("resumed from %s at step %d", self.ckpt.last, self.step)
         self.loader = self._make_loader(start_step=self.step)
         self.metrics = MetricsLogger(self.out, enabled=self.is_main, cfg=cfg, resume=cfg.resume, step=self.step)
-        probe = self.data.to_device(self.data.collate([self.data.dataset[0]]), acc.device, 0, 0)
+        probe = self.data.to_device(self.data.collate([self.data.indexed[0]]), acc.device, step=0)
         self.flops_per_sample = estimate_flops_per_sample(acc.unwrap_model(self.policy), probe)
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -152,7 +155,7 @@ class Trainer:
         # An in-memory dataset is only indexed: worker processes would cost more than they save.
         workers = 0 if isinstance(self.data.dataset, InMemoryDataset) else cfg.train.num_workers
         return DataLoader(
-            self.data.dataset,
+            self.data.indexed,  # each sample carries its index, the key of its random draws
             batch_size=cfg.train.batch_size,
             sampler=sampler,
             num_workers=workers,
@@ -161,7 +164,7 @@ class Trainer:
             pin_memory=torch.cuda.is_available(),
             persistent_workers=workers > 0,
             # Its own generator: creating the iterator must not draw from the global RNG, or a resumed
-            # run's noise (diffusion/flow) would be shifted by one draw against the uninterrupted run.
+            # run's global draws (e.g. dropout) would be shifted by one draw against the uninterrupted run.
             generator=torch.Generator().manual_seed(cfg.train.seed),
             prefetch_factor=4 if workers > 0 else None,
         )
@@ -210,7 +213,7 @@ class Trainer:
         grad_norm = None
         while self.step < total:
             for _ in range(cfg.train.grad_accum):
-                batch = self.data.to_device(next(data_iter), acc.device, step=self.step, rank=acc.process_index)
+                batch = self.data.to_device(next(data_iter), acc.device, step=self.step)
                 with acc.accumulate(self.policy):
                     with acc.autocast():
                         loss, _ = self.policy(batch)
@@ -322,7 +325,7 @@ def freeze_unused_parameters(policy, data: TrainingData, device) -> list[str]:
     heads. One forward/backward on a real batch finds them exactly.
     """
     policy.to(device)
-    batch = data.to_device(data.collate([data.dataset[i] for i in range(min(2, len(data.dataset)))]), device, 0, 0)
+    batch = data.to_device(data.collate([data.indexed[i] for i in range(min(2, len(data.dataset)))]), device, step=0)
     loss, _ = policy(batch)
     loss.backward()
     unused = [n for n, p in policy.named_parameters() if p.requires_grad and p.grad is None]

@@ -22,6 +22,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from torch import nn
 
+from vla import types as T
 from vla.models.compile import mark_step
 from vla.models.heads.action_expert import (
     ActionExpert,
@@ -36,6 +37,7 @@ from vla.models.heads.base import Head, HeadConfig
 from vla.models.heads.timesteps import sinusoidal_embedding
 from vla.shapes import check_shape
 from vla.types import Prefix
+from vla.utils import sample_rng
 
 
 @HeadConfig.register_subclass("diffusion")
@@ -123,8 +125,9 @@ class DiffusionHead(Head):
         weights = action_weights(batch, actions)
         actions = actions * weights  # padded entries -> 0, so their values never reach the denoiser's input
         prefix = prefix_fn()
-        noise = torch.randn_like(actions)
-        timesteps = torch.randint(0, self.cfg.num_train_timesteps, (b,), device=actions.device)
+        gens = batch.get(T.GENERATORS)  # one per sample from the trainer (vla.utils.sample_rng), else global
+        noise = sample_rng.randn(actions.shape, gens, actions.device)
+        timesteps = sample_rng.randint(self.cfg.num_train_timesteps, (b,), gens, actions.device)
         x_t = self.train_scheduler.add_noise(actions, noise, timesteps)  # (B, H, D)
         if self.cfg.prediction_type == "epsilon":
             target = noise

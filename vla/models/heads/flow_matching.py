@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vla import types as T
 from vla.models.compile import mark_step
 from vla.models.heads.action_expert import StateToken, action_weights, head_state_dim, masked_mean, prepend_state
 from vla.models.heads.base import Head, HeadConfig
@@ -41,6 +42,7 @@ from vla.models.heads.experts import ExpertConfig, suffix_self_mask
 from vla.models.heads.timesteps import sample_beta_time, sinusoidal_embedding
 from vla.shapes import check_shape
 from vla.types import Prefix
+from vla.utils import sample_rng
 
 
 def _default_expert() -> ExpertConfig:
@@ -128,11 +130,14 @@ class FlowMatchingHead(Head):
         weights = action_weights(batch, actions)
         actions = actions * weights  # padded entries -> 0, so their values never reach the expert's input
         prefix = prefix_fn(with_kv=True)
-        noise = batch.get("noise")  # given (B, H, D) to reproduce a loss, else drawn here
-        noise = torch.randn_like(actions) if noise is None else check_noise(noise, actions)
+        # Each sample's noise, then its time, from its own generator when the trainer gives them (see
+        # vla.utils.sample_rng); given (B, H, D) noise and (B,) times reproduce a loss exactly.
+        gens = batch.get(T.GENERATORS)
+        noise = batch.get("noise")
+        noise = sample_rng.randn(actions.shape, gens, actions.device) if noise is None else check_noise(noise, actions)
         t = batch.get("time")  # (B,)
         if t is None:
-            t = sample_beta_time(b, self.cfg.time_alpha, self.cfg.time_beta, device=actions.device)
+            t = sample_beta_time(b, self.cfg.time_alpha, self.cfg.time_beta, device=actions.device, generator=gens)
         t = t.to(actions.device, torch.float32)
         check_shape("time", t, "B", B=b)
         x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions  # (B, H, D)

@@ -9,6 +9,10 @@ from __future__ import annotations
 import math
 
 import torch
+from scipy.special import betaincinv
+
+from vla.utils import sample_rng
+from vla.utils.sample_rng import Generators
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, min_period: float = 4e-3, max_period: float = 4.0) -> torch.Tensor:
@@ -38,7 +42,7 @@ def sample_beta_time(
     *,
     t_min: float = 1e-3,
     device: torch.device | str | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> torch.Tensor:
     """(B,) flow-matching times in [t_min, 1], t ~ t_min + (1 - t_min) * Beta(alpha, beta).
 
@@ -46,11 +50,14 @@ def sample_beta_time(
     t = 0 is data. Beta(1.5, 1) has mean 0.6, so training sees noisier times more often,
     which is where the velocity is hardest to predict. ``t_min`` keeps t away from 0 where
     the target is trivially the data.
+
+    Drawn by inverse CDF: one uniform per sample from ``generator`` (None, one generator, or one
+    per sample: see vla.utils.sample_rng), mapped through scipy's inverse regularized incomplete
+    beta function. ``torch.distributions.Beta`` cannot take a generator, and the inverse CDF
+    keeps the per-sample stream at exactly one draw per time.
     """
     if alpha <= 0 or beta <= 0:
         raise ValueError(f"sample_beta_time: alpha and beta must be > 0, got {alpha}, {beta}")
-    # torch.distributions.Beta cannot take a generator; Beta(a, b) = Ga / (Ga + Gb)
-    ga = torch._standard_gamma(torch.full((batch_size,), float(alpha)), generator=generator)
-    gb = torch._standard_gamma(torch.full((batch_size,), float(beta)), generator=generator)
-    t = ga / (ga + gb)
+    u = sample_rng.rand((batch_size,), generator).cpu()  # (B,)
+    t = torch.from_numpy(betaincinv(float(alpha), float(beta), u.double().numpy())).float()
     return (t_min + (1.0 - t_min) * t).to(device)
