@@ -217,7 +217,8 @@ def main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     if a.same_weights and not a.peer:
         p.error("--same-weights needs --peer")
-    with friendly_errors("bench"):
+    with friendly_errors("bench") as failures:
+        failures.run_dir = a.out
         names = list(RUNNERS) if a.what == "all" else [a.what]
         results = {
             "host": {

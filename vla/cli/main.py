@@ -2,6 +2,8 @@
 
 Each subcommand module exposes ``main(argv) -> int`` and a one-line ``SUMMARY``;
 modules are imported only when their subcommand runs, so `vla --help` is instant.
+``--debug``, anywhere on the line, is ``VLA_DEBUG=1``: failures print their traceback on
+the terminal too (vla/cli/common.py).
 """
 
 from __future__ import annotations
@@ -10,6 +12,10 @@ import importlib
 import logging
 import os
 import sys
+
+from vla.cli.common import DEBUG_ENV
+
+DEBUG_FLAG = "--debug"
 
 SUBCOMMANDS = {
     "data": "vla.cli.data",
@@ -44,11 +50,19 @@ def usage() -> str:
         "commands:",
     ]
     lines += [f"  {name.ljust(width)}  {SUMMARIES[name]}" for name in SUBCOMMANDS]
+    lines += [
+        "",
+        f"A failure prints one line and the log file with its traceback; {DEBUG_FLAG} (anywhere) or {DEBUG_ENV}=1",
+        "prints the traceback here too.",
+    ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if DEBUG_FLAG in argv:
+        argv = [a for a in argv if a != DEBUG_FLAG]
+        os.environ[DEBUG_ENV] = "1"  # as VLA_DEBUG=1, also for the processes this command starts
     os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering for data generation and evaluation
     os.environ.setdefault("SVT_LOG", "1")  # the AV1 encoder behind lerobot's videos prints info lines otherwise
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

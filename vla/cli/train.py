@@ -5,7 +5,8 @@
               --train.steps=100 --train.batch_size=8 --output_dir=outputs/run
     accelerate launch --config_file configs/accelerate/zero2.yaml -m vla train --config ...
 
-Writes OUT/metrics.jsonl, OUT/checkpoints/{step_*,last}, OUT/loss_curve.png, OUT/summary.json.
+Writes OUT/metrics.jsonl, OUT/checkpoints/{step_*,last}, OUT/loss_curve.png, OUT/summary.json,
+and OUT/error.log with the traceback if the run fails.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ def main(argv: list[str]) -> int:
         except BaseException:  # noqa: BLE001  draccus prints the option list and exits
             pass
         return 0
-    with friendly_errors("train"):
+    with friendly_errors("train") as failures:
         from vla.config import parse_config
         from vla.train.config import TrainConfig
         from vla.train.trainer import run_training
 
         cfg = parse_config(TrainConfig, hyphens_to_underscores(argv))
+        failures.run_dir = cfg.output_dir  # a failure's traceback goes to OUT/error.log once OUT exists
         summary = run_training(cfg)
         if summary:
             print(json.dumps(summary, indent=2))
