@@ -94,16 +94,30 @@ def test_obs_mapping_renames_and_checks():
 
     with pytest.raises(ObservationError, match=r"observation/state \(-> observation.state\): expected \(S=5,\)"):
         nested.to_canonical(obs, ["top", "wrist"], 5)
-    bad = dict(obs, **{"observation/image": img.astype(np.float32)})
-    with pytest.raises(ObservationError, match="observation/image .*expected dtype uint8"):
+    bad = dict(obs, **{"observation/image": img.astype(np.int32)})
+    with pytest.raises(ObservationError, match="observation/image .*expected dtype uint8 or float"):
         nested.to_canonical(bad, ["top", "wrist"], 4)
-    chw = dict(obs, **{"observation/image": np.zeros((3, 48, 64), np.uint8)})
-    with pytest.raises(ObservationError, match=r"expected HWC shape"):
-        nested.to_canonical(chw, ["top", "wrist"], 4)
+    # channels first (openpi's ALOHA client), float in [0, 1]: the same image as channels-last uint8
+    picture = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    for sent in (picture.transpose(2, 0, 1), picture / 255.0, (picture / 255.0).astype(np.float32).transpose(2, 0, 1)):
+        got = nested.to_canonical(dict(obs, **{"observation/image": sent}), ["top", "wrist"], 4).images[0]
+        assert got.dtype == np.uint8 and got.shape == (48, 64, 3)
+        np.testing.assert_array_equal(got, picture)
+    for shape, words in [((3, 48, 3), "ambiguous"), ((48, 64), "3 channels first or last"), ((3, 0, 64), "empty")]:
+        with pytest.raises(ObservationError, match=f"observation/image .*{words}"):
+            nested.to_canonical(dict(obs, **{"observation/image": np.zeros(shape, np.uint8)}), ["top", "wrist"], 4)
+    for value, words in [(1.5, r"must lie in \[0, 1\]"), (np.nan, "NaN or inf")]:
+        with pytest.raises(ObservationError, match=words):
+            nested.to_canonical(dict(obs, **{"observation/image": np.full((48, 64, 3), value)}), ["top", "wrist"], 4)
     with pytest.raises(ObservationError, match="seed: expected an integer"):
         nested.to_canonical(dict(obs, seed="1"), ["top", "wrist"], 4)
     with pytest.raises(ValueError, match="targets must be"):
         ObsMapping({"x": "observation.image"})
+    # camera names: what a mapped camera stands for, unmapped names as they are
+    assert [nested.camera(c) for c in ("wrist", "other")] == ["wrist", "other"]
+    assert ObsMapping({"observation.images.image2": "observation.images.wrist"}).camera("image2") == "wrist"
+    with pytest.raises(ValueError, match="not a camera"):
+        ObsMapping({"observation.images.s": "observation.state"}).camera("s")
 
 
 def test_obs_mapping_files(tmp_path):

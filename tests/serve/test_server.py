@@ -24,6 +24,7 @@ from websockets.sync.client import connect
 from vla.serve import PolicyClient, ServerError, protocol
 from vla.serve.batcher import DynamicBatcher
 from vla.serve.bench import bench_serve
+from vla.serve.obs_mapping import IMAGE_LAYOUT
 from vla.utils.net import free_port
 
 API_KEY = "test-key"
@@ -49,7 +50,7 @@ def test_metadata_first(client, policy):
     assert meta["protocol"] == protocol.PROTOCOL and meta["cameras"] == ["image", "wrist"]
     assert (meta["state_dim"], meta["action_dim"], meta["chunk_size"], meta["action_horizon"]) == (8, 7, 8, 4)
     assert meta["max_message_bytes"] == 4 * 2**20 and "batch_stats" in meta
-    assert meta["expected_keys"]["observation/image"] == "(Hi, Wi, 3) uint8"  # from the checkpoint's obs_map.json
+    assert meta["expected_keys"]["observation/image"] == IMAGE_LAYOUT  # from the checkpoint's obs_map.json
 
 
 def test_seeded_reply_equals_in_process(client, policy, make_obs, in_process):
@@ -81,11 +82,13 @@ def test_two_large_cameras_of_different_sizes(client, make_obs):
     [
         (lambda o: o.pop("observation.state"), "missing key.*observation.state"),
         (lambda o: o.update({"observation.state": np.zeros(5, np.float32)}), r"expected \(S=8,\), got \(5,\)"),
-        (lambda o: o.update({"observation.images.wrist": np.zeros((3, 64, 64), np.uint8)}), "expected HWC"),
+        (lambda o: o.update({"observation.images.wrist": np.zeros((3, 64, 3), np.uint8)}), "ambiguous image shape"),
+        (lambda o: o.update({"observation.images.wrist": np.zeros((64, 64, 4), np.uint8)}), "3 channels first or last"),
         (
-            lambda o: o.update({"observation.images.image": np.zeros((64, 64, 3), np.float32)}),
-            "expected dtype uint8.*<f4",
+            lambda o: o.update({"observation.images.image": np.full((64, 64, 3), 255.0, np.float32)}),
+            r"float image values must lie in \[0, 1\]",
         ),
+        (lambda o: o.update({"observation.images.image": np.zeros((64, 64, 3), np.int16)}), "uint8 or float.*<i2"),
         (lambda o: o.update({"observation.state": np.array(["a"] * 8)}), "real numeric dtype"),
         (lambda o: o.update({"prompt": 3}), "prompt: expected a string"),
         (lambda o: o.update({"observation.state": [[1.0], [1.0, 2.0]]}), "bad_request: ValueError"),

@@ -8,6 +8,11 @@ Speaks the same protocol as openpi's ``WebsocketClientPolicy`` (see ``protocol.p
 reconnects when the link drops: connecting retries with exponential backoff, and a
 request interrupted by a dropped connection is sent again once on a fresh connection
 (inference has no side effects on the server, so a retry is safe).
+
+A reply that does not come within ``reply_timeout_s`` raises ``TimeoutError`` naming the
+server and the limit, so a robot never waits forever on a stuck server. The connection is
+then dropped (a late reply must not be read as the answer to the next request); the next
+request opens a fresh one.
 """
 
 from __future__ import annotations
@@ -40,16 +45,22 @@ class PolicyClient:
         connect_timeout_s: float = 30.0,
         backoff_s: tuple[float, float] = (0.1, 2.0),
         open_timeout_s: float = 10.0,
+        reply_timeout_s: float | None = 60.0,
     ):
         """``url``: ``ws://host:port``; ``connect_timeout_s``: total time to keep retrying a connection.
 
         ``backoff_s``: (first, longest) pause between attempts; each pause doubles.
+        ``reply_timeout_s``: longest wait for one reply (None: no limit). The default leaves room for a
+        large model on a slow or busy server; a robot loop would rather set a few chunk periods.
         """
+        if reply_timeout_s is not None and reply_timeout_s <= 0:
+            raise ValueError(f"reply_timeout_s must be > 0 or None, got {reply_timeout_s}")
         self.url = url if url.startswith(("ws://", "wss://")) else f"ws://{url}"
         self.api_key = api_key
         self.connect_timeout_s = connect_timeout_s
         self.backoff_s = backoff_s
         self.open_timeout_s = open_timeout_s
+        self.reply_timeout_s = reply_timeout_s
         self.reconnects = 0
         self._ws: ClientConnection | None = None
         self._metadata: dict | None = None
@@ -104,8 +115,14 @@ class PolicyClient:
                 if self._ws is None:
                     self._reconnect()
                 self._ws.send(data)
-                reply = self._ws.recv()
+                reply = self._ws.recv(timeout=self.reply_timeout_s)
                 break
+            except TimeoutError as e:  # before OSError, its base class: waiting again would not help
+                self.close()
+                raise TimeoutError(
+                    f"{self.url}: no reply within {self.reply_timeout_s} s (reply_timeout_s); the server is stuck, "
+                    "overloaded or too slow for this limit"
+                ) from e
             except (websockets.ConnectionClosed, OSError) as e:
                 self._ws = None
                 rcvd = getattr(e, "rcvd", None)

@@ -14,6 +14,14 @@ Nested client dicts (openpi's ALOHA client sends ``{"images": {"cam_high": ...}}
 flattened with ``/`` first, so ``"images/cam_high"`` can be mapped too. Keys the mapping
 and the policy do not know are ignored (robots send extras).
 
+Images come channel-last (Hi, Wi, 3) or channel-first (3, Hi, Wi) (openpi's ALOHA client
+sends (3, 224, 224)): the axis of size 3 tells which, and a shape with 3 at both ends is
+refused as ambiguous. uint8, or float in [0, 1] (LeRobot's range), rounded to uint8.
+
+A simulator whose cameras other stacks name differently states those names as an
+``ObsMapping`` too, and looks a policy's camera up with :meth:`ObsMapping.camera`
+(eval/suites/libero.py: LeRobot's ``image2`` is its ``wrist``).
+
 The mapping is stored with the checkpoint (``obs_map.json``) or given on the command line
 (``--obs-map FILE``, JSON or YAML); the command line wins. No torch import here: the
 checks run on numpy arrays before anything reaches the batcher.
@@ -35,6 +43,7 @@ IMAGE_PREFIX = "observation.images."
 STATE_KEY = "observation.state"
 PROMPT_KEY = "prompt"
 OBS_MAP_FILE = "obs_map.json"  # inside a checkpoint directory
+IMAGE_LAYOUT = "(Hi, Wi, 3) or (3, Hi, Wi), uint8 or float in [0, 1]"  # what an image may be, as clients read it
 
 
 class ObservationError(ValueError):
@@ -121,6 +130,13 @@ class ObsMapping:
         out.write_text(json.dumps(self.keys, indent=2))
         return out
 
+    def camera(self, name: str) -> str:
+        """The canonical camera that a client's camera ``name`` stands for (``name`` itself when unmapped)."""
+        target = self.keys.get(IMAGE_PREFIX + name, IMAGE_PREFIX + name)
+        if not target.startswith(IMAGE_PREFIX):
+            raise ValueError(f"obs map: camera {IMAGE_PREFIX + name!r} maps onto {target!r}, not a camera")
+        return target[len(IMAGE_PREFIX) :]
+
     def client_key(self, canonical: str) -> str:
         """The client key that maps onto ``canonical`` (for error messages)."""
         return next((c for c, k in self.keys.items() if k == canonical), canonical)
@@ -157,14 +173,24 @@ class ObsMapping:
         return canonical if client == canonical else f"{client} (-> {canonical})"
 
     def _image(self, x: Any, key: str) -> np.ndarray:
+        """One camera as a client sent it -> (Hi, Wi, 3) uint8; see the module docstring for what is accepted."""
         name = self._name(key)
         if not isinstance(x, np.ndarray):
-            raise ObservationError(f"{name}: expected a numpy array (Hi, Wi, 3) uint8, got {type(x).__name__}")
-        if x.dtype != np.uint8:
-            raise ObservationError(f"{name}: expected dtype uint8 (|u1), got {x.dtype.str} ({x.dtype})")
-        if x.ndim != 3 or x.shape[-1] != 3 or x.shape[0] < 1 or x.shape[1] < 1:
-            raise ObservationError(f"{name}: expected HWC shape (Hi=*, Wi=*, 3), got {x.shape}")
-        return x
+            raise ObservationError(f"{name}: expected a numpy array {IMAGE_LAYOUT}, got {type(x).__name__}")
+        x = _channels_last(x, name)
+        if x.shape[0] < 1 or x.shape[1] < 1:
+            raise ObservationError(f"{name}: empty image, shape {x.shape} (as Hi, Wi, 3)")
+        if x.dtype == np.uint8:
+            return x
+        if x.dtype.kind != "f":
+            raise ObservationError(f"{name}: expected dtype uint8 or float in [0, 1], got {x.dtype.str} ({x.dtype})")
+        if not np.isfinite(x).all():
+            raise ObservationError(f"{name}: float image contains NaN or inf")
+        if x.min() < 0.0 or x.max() > 1.0:
+            raise ObservationError(
+                f"{name}: float image values must lie in [0, 1], got values in [{x.min():.4g}, {x.max():.4g}]"
+            )
+        return np.round(x * 255.0).astype(np.uint8)
 
     def _state(self, x: Any, state_dim: int) -> np.ndarray:
         name = self._name(STATE_KEY)
@@ -182,6 +208,19 @@ class ObsMapping:
         if not np.isfinite(state).all():
             raise ObservationError(f"{name}: contains NaN or inf: {state.tolist()}")
         return state
+
+
+def _channels_last(x: np.ndarray, name: str) -> np.ndarray:
+    """(Hi, Wi, 3) as is, (3, Hi, Wi) transposed; the axis of size 3 decides, and must be only one end."""
+    first, last = x.ndim == 3 and x.shape[0] == 3, x.ndim == 3 and x.shape[-1] == 3
+    if first and last:
+        raise ObservationError(
+            f"{name}: ambiguous image shape {x.shape}: both the first and the last axis have size 3, so channels-first "
+            "and channels-last cannot be told apart; send (Hi, Wi, 3) or (3, Hi, Wi) with Hi, Wi other than 3"
+        )
+    if not (first or last):
+        raise ObservationError(f"{name}: expected 3 channels first or last, {IMAGE_LAYOUT}, got {x.shape}")
+    return x.transpose(1, 2, 0) if first else x
 
 
 def _is_canonical(key: str) -> bool:

@@ -172,9 +172,9 @@ class PolicyServer:
         }
 
     def expected_keys(self) -> dict[str, str]:
-        from vla.serve.obs_mapping import IMAGE_PREFIX, PROMPT_KEY, STATE_KEY
+        from vla.serve.obs_mapping import IMAGE_LAYOUT, IMAGE_PREFIX, PROMPT_KEY, STATE_KEY
 
-        keys = {self.mapping.client_key(IMAGE_PREFIX + c): "(Hi, Wi, 3) uint8" for c in self.cameras}
+        keys = {self.mapping.client_key(IMAGE_PREFIX + c): IMAGE_LAYOUT for c in self.cameras}
         keys[self.mapping.client_key(STATE_KEY)] = f"({self.state_dim},) float"
         keys[self.mapping.client_key(PROMPT_KEY)] = "str"
         return keys
