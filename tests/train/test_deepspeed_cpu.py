@@ -139,14 +139,14 @@ def test_zero3_trains_and_consolidates(head, metaworld_layout_dataset, tmp_path)
 
 
 @pytest.mark.slow
-def test_zero3_refuses_an_ema_of_weight_shards(metaworld_layout_dataset, tmp_path):
-    r = run_ds(
-        3,
-        metaworld_layout_dataset,
-        tmp_path / "ema",
-        "--train.steps=1",
-        "--train.ema_decay=0.99",
-        port=29617,
-        check=False,
-    )
-    assert r.returncode != 0 and "train.ema_decay with DeepSpeed ZeRO-3" in r.stderr
+@pytest.mark.parametrize(
+    "option, port",
+    [
+        (["--train.ema_decay=0.99"], 29617),  # an EMA of the local weight shards would be empty
+        (["--train.eval_every=1", "--train.eval_suite=mw-easy"], 29618),  # ranks' evaluations would wait on each other
+    ],
+    ids=["ema", "periodic-eval"],
+)
+def test_zero3_refuses_what_needs_whole_weights_on_one_rank(option, port, metaworld_layout_dataset, tmp_path):
+    r = run_ds(3, metaworld_layout_dataset, tmp_path / "run", "--train.steps=1", *option, port=port, check=False)
+    assert r.returncode != 0 and f"{option[0].split('=')[0][2:]} with DeepSpeed ZeRO-3" in r.stderr

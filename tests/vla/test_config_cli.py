@@ -42,6 +42,10 @@ def test_unknown_or_mistyped_keys_are_named():
         parse_config(TrainConfig, ["--train.steps=many"])
     with pytest.raises(ConfigError, match="not found"):
         parse_config(TrainConfig, ["--config", "nope.yaml"])
+    with pytest.raises(ConfigError, match="train.eval_timeout_s must be > 0"):
+        parse_config(TrainConfig, ["--train.eval_timeout_s=0"])
+    with pytest.raises(ConfigError, match=r"policy.head.type=bins needs bounded actions.*'mean_std'"):
+        parse_config(TrainConfig, ["--policy.head.type=bins", "--policy.action_norm=mean_std"])
 
 
 def test_contract_command_line_parses():

@@ -82,3 +82,5 @@ class TrainConfig:
             raise ValueError(f"train.mixed_precision must be no|bf16|fp16, got {self.train.mixed_precision!r}")
         if self.train.eval_every and not self.train.eval_suite:
             raise ValueError("train.eval_every > 0 needs train.eval_suite (e.g. mw-easy)")
+        if self.train.eval_timeout_s <= 0:
+            raise ValueError(f"train.eval_timeout_s must be > 0 seconds, got {self.train.eval_timeout_s}")

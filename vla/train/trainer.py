@@ -100,6 +100,12 @@ class Trainer:
                 "train.ema_decay with DeepSpeed ZeRO-3: each rank holds only a shard of every weight, so an EMA "
                 "of the local tensors would be empty; use ZeRO-2 (configs/accelerate/zero2.yaml) or train.ema_decay=null"
             )
+        if ds is not None and ds.zero_stage == 3 and cfg.train.eval_every:
+            raise ValueError(
+                "train.eval_every with DeepSpeed ZeRO-3: every forward pass gathers each layer from all ranks, so "
+                "ranks playing their own evaluation episodes would wait on each other; use ZeRO-2 or DDP for "
+                "periodic evaluation, or evaluate the saved checkpoints with `vla eval-sweep`"
+            )
         if ds is not None:  # we feed our own sampler, so DeepSpeed's "auto" batch sizes are filled here
             ds.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.train.batch_size
             ds.deepspeed_config["train_batch_size"] = cfg.train.batch_size * cfg.train.grad_accum * acc.num_processes
