@@ -219,25 +219,28 @@ def test_finetune_onto_new_robot(metaworld_layout_dataset, three_cam_dataset, tm
     assert len(stats["actions"]["mean"]) == 14
 
 
+def train_with_eval(dataset: Path, out: Path, *extra: str, launcher: list[str] | None = None):
+    """Two regression steps at batch 2, then one mw-easy evaluation (one episode per task)."""
+    args = [
+        "train",
+        f"--dataset.root={dataset}",
+        "--policy.head.type=regression",
+        "--train.steps=2",
+        "--train.batch_size=2",
+        f"--output_dir={out}",
+        "--train.eval_every=2",
+        "--train.eval_suite=mw-easy",
+        "--train.eval_episodes_per_task=1",
+        *extra,
+        *TINY,
+    ]
+    return run_vla(args, launcher=launcher)
+
+
 def test_periodic_simulation_eval_and_tensorboard(metaworld_layout_dataset, tmp_path):
     """The MetaWorld-layout dataset has the suite's camera names (image, wrist) and 4-dim state/action."""
     out = tmp_path / "run"
-    r = run_vla(
-        [
-            "train",
-            f"--dataset.root={metaworld_layout_dataset}",
-            "--policy.head.type=regression",
-            "--train.steps=2",
-            "--train.batch_size=2",
-            f"--output_dir={out}",
-            "--train.eval_every=2",
-            "--train.eval_suite=mw-easy",
-            "--train.eval_episodes_per_task=1",
-            "--train.eval_max_steps=6",
-            "--tensorboard=true",
-            *TINY,
-        ]
-    )
+    r = train_with_eval(metaworld_layout_dataset, out, "--train.eval_max_steps=6", "--tensorboard=true")
     assert r.returncode == 0, r.stderr[-3000:]
     evals = [row for row in metrics(out) if "eval_success" in row]
     assert len(evals) == 1 and evals[0]["step"] == 2 and 0.0 <= evals[0]["eval_success"] <= 1.0
@@ -257,22 +260,7 @@ def test_ddp_periodic_eval_shares_the_episodes_among_ranks(metaworld_layout_data
         port = s.getsockname()[1]
     out = tmp_path / "run"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m"]
-    r = run_vla(
-        [
-            "train",
-            f"--dataset.root={metaworld_layout_dataset}",
-            "--policy.head.type=regression",
-            "--train.steps=2",
-            "--train.batch_size=2",
-            f"--output_dir={out}",
-            "--train.eval_every=2",
-            "--train.eval_suite=mw-easy",
-            "--train.eval_episodes_per_task=1",
-            "--train.eval_max_steps=4",
-            *TINY,
-        ],
-        launcher=launcher,
-    )
+    r = train_with_eval(metaworld_layout_dataset, out, "--train.eval_max_steps=4", launcher=launcher)
     assert r.returncode == 0, r.stderr[-3000:]
     step_dir = out / "evals" / "step_0000002"
     shares = []
