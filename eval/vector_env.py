@@ -102,19 +102,22 @@ class EnvWorker:
                 return self._finish(res.success)
 
     def act(self, actions: np.ndarray) -> Reply:
-        """Step a ``(K, D)`` chunk; render once at its end (every step when recording)."""
+        """Step a ``(K, D)`` chunk; render its last step (every step when recording).
+
+        The last step renders as it runs, not afterwards: a suite may take its images inside the step
+        (LIBERO samples them with its proprioception, as robosuite does)."""
         spec, env = self._spec, self.env
         if spec is None or env is None:
             raise RuntimeError("EnvWorker.act called with no episode running; call start first")
-        res = None
-        for a in actions:
-            res = env.step(a, render=spec.record)
+        if len(actions) == 0:
+            raise ValueError("EnvWorker.act got an empty chunk; it needs at least one action")
+        for k, a in enumerate(actions):
+            res = env.step(a, render=spec.record or k == len(actions) - 1)
             if spec.record:
                 self._frames.append(compose_frame(res.obs))
             if res.done:
                 return self._finish(res.success)
-        obs = res.obs if (spec.record and res is not None) else env.render_obs()
-        return NeedsChunk(spec, obs, env.steps)
+        return NeedsChunk(spec, res.obs, env.steps)
 
     def _finish(self, success: bool) -> EpisodeResult:
         spec = self._spec

@@ -26,8 +26,10 @@ Conventions every suite follows:
   simulator's units (MetaWorld: 4 dims in [-1, 1]; LIBERO: 7-dim delta EEF).
 * **Rendering on demand.** Rendering is ~95 % of a step on CPU. ``step(a,
   render=False)`` advances physics only and returns ``obs=None``; the runner asks
-  for images only on steps where the policy takes a new observation (once per
-  action chunk) via ``render=True`` or :meth:`SuiteEnv.render_obs`.
+  for images only on steps where the policy takes a new observation (the last
+  step of each action chunk) via ``render=True``. A suite may take its images
+  inside the step (LIBERO: when robosuite samples its observations), so an
+  observation is asked for by the step that produces it.
 * **Episode end.** ``step`` reports ``success`` (the simulator's own success
   signal, a Python bool) and ``done = success or steps >= task.max_steps``.
   Stepping past ``max_steps`` raises; stepping after success is allowed (scripted
@@ -97,7 +99,8 @@ class SuiteEnv(abc.ABC):
 
     @abc.abstractmethod
     def render_obs(self) -> Observation:
-        """The current observation with images rendered now."""
+        """The current observation with its images (MetaWorld renders them now; LIBERO gives the last step's,
+        which must have run with ``render=True``)."""
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -12,7 +12,12 @@ example, so policies trained on those data are evaluated on what they saw:
   counted after **10 settle steps** of the no-op action ``[0, 0, 0, 0, 0, 0, -1]``
   that let objects come to rest after the init state is restored;
 * cameras ``image`` = ``agentview`` and ``wrist`` = ``robot0_eye_in_hand``, both
-  rotated 180 degrees (``[::-1, ::-1]``): robosuite's OpenGL frames are upside down;
+  rotated 180 degrees (``[::-1, ::-1]``): robosuite's OpenGL frames are upside down.
+  Other stacks' names for them are accepted through an observation map
+  (:data:`CAMERA_NAMES`): LeRobot's ``LiberoEnv`` and its HuggingFaceVLA/libero dataset
+  call the wrist camera ``image2``, its lerobot/libero_* datasets and openpi's
+  physical-intelligence/libero ``wrist_image``; a policy trained on any of them gets the
+  camera its name stands for, under that name;
 * state (8,) = eef position (3) + axis-angle of the eef quaternion (3) +
   gripper finger qpos (2);
 * action (7,) = delta EEF pose (OSC_POSE, 6) + gripper (-1 open, +1 close);
@@ -20,11 +25,15 @@ example, so policies trained on those data are evaluated on what they saw:
 
 **Rendering on demand.** A robosuite camera observable renders on every
 ``env.step`` (~95 % of a step in software GL, 4 steps/s with two 256 px cameras).
-We build the env with ``use_camera_obs=False`` (no camera observables; the offscreen
-render context still exists) and render cameras ourselves only when an
-observation is requested, with the exact call robosuite's camera sensor makes
-(``sim.render(camera_name, width, height)``, OpenGL convention). Settle steps and
-``step(render=False)`` thus cost physics only.
+The camera observables stay robosuite's own, so an image is sampled when robosuite
+samples every observable, inside the step, on its observables' clock: at the same
+moment as the proprioceptive state, and as LeRobot's and openpi's LIBERO envs (and
+the datasets recorded through ``env.step``) see it, not after the step's last physics
+substep. Their *sensors* are ours (``modify_observable``, robosuite's API): the exact
+call robosuite's camera sensor makes (``sim.render(camera_name, width, height)``,
+OpenGL convention) on steps whose observation is asked for (``step(render=True)``, the
+last settle step), a blank frame otherwise. Settle steps and ``step(render=False)``
+thus cost physics only, and ``render_obs`` returns the last rendered step's observation.
 
 **Renderer settings.** By default LIBERO renders as it did for its datasets
 (shadows and reflections on). ``fast_render=True`` turns them off (render.py) for
@@ -44,6 +53,7 @@ import numpy as np
 from eval.suites.base import Observation, StepResult, Suite, SuiteConfig, SuiteEnv, Task
 from eval.suites.libero_setup import ensure_libero
 from eval.suites.render import fast_scene_flags
+from vla.serve.obs_mapping import IMAGE_PREFIX, ObsMapping
 
 # LeRobot's TASK_SUITE_MAX_STEPS (lerobot/envs/libero.py): longest training demo + margin
 MAX_STEPS: dict[str, int] = {
@@ -56,6 +66,23 @@ MAX_STEPS: dict[str, int] = {
 SETTLE_STEPS = 10
 NOOP_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)  # hold still, gripper open
 CAMERAS: dict[str, str] = {"image": "agentview", "wrist": "robot0_eye_in_hand"}  # canonical -> robosuite
+# LeRobot's and openpi's names for the cameras above (``image`` is everyone's agentview), as the server's map.
+CAMERA_NAMES = ObsMapping(
+    {
+        "observation.images.image2": "observation.images.wrist",  # LeRobot's LiberoEnv, HuggingFaceVLA/libero
+        "observation.images.wrist_image": "observation.images.wrist",  # lerobot/libero_*, openpi's datasets
+    }
+)
+
+
+def robosuite_cameras(names: tuple[str, ...]) -> dict[str, str]:
+    """A policy's camera names (ours, LeRobot's or openpi's) -> the robosuite cameras they are rendered from."""
+    resolved = {name: CAMERAS.get(CAMERA_NAMES.camera(name)) for name in names}
+    unknown = [name for name, camera in resolved.items() if camera is None]
+    if unknown:
+        aliases = ", ".join(key.removeprefix(IMAGE_PREFIX) for key in CAMERA_NAMES.keys)
+        raise KeyError(f"unknown LIBERO camera(s) {unknown}; known: {', '.join(CAMERAS)} (and {aliases})")
+    return resolved
 
 
 def libero_state(eef_pos: np.ndarray, eef_quat: np.ndarray, gripper_qpos: np.ndarray) -> np.ndarray:
@@ -68,7 +95,7 @@ def libero_state(eef_pos: np.ndarray, eef_quat: np.ndarray, gripper_qpos: np.nda
 
 
 class LiberoEnv(SuiteEnv):
-    """One LIBERO task in an ``OffScreenRenderEnv``, rendering cameras only on demand."""
+    """One LIBERO task in an ``OffScreenRenderEnv``, rendering cameras only on demand (module docstring)."""
 
     def __init__(
         self,
@@ -81,30 +108,64 @@ class LiberoEnv(SuiteEnv):
         settle_steps: int = SETTLE_STEPS,
     ) -> None:
         super().__init__(task)
-        unknown = [c for c in cameras if c not in CAMERAS]
-        if unknown:
-            raise KeyError(f"unknown LIBERO camera(s) {unknown}; known: {', '.join(CAMERAS)}")
+        self.robosuite_cameras = robosuite_cameras(cameras)  # policy's name -> robosuite camera
         ensure_libero()
         from libero.libero.envs import OffScreenRenderEnv
 
         self.cameras, self.image_size = cameras, image_size
         self.fast_render, self.settle_steps = fast_render, settle_steps
+        self._sampled = sorted(set(self.robosuite_cameras.values()))
+        self._blank = np.zeros((image_size, image_size, 3), dtype=np.uint8)
+        self._render_next = False  # whether the camera sensors render when robosuite next samples them
+        self._rendered: set[str] = set()  # robosuite cameras rendered since _render_next was set
         self._env = OffScreenRenderEnv(
             bddl_file_name=bddl_file,
-            camera_names=[CAMERAS[c] for c in cameras],
+            camera_names=self._sampled,
             camera_heights=image_size,
             camera_widths=image_size,
-            use_camera_obs=False,  # we render on demand, see the module docstring
             hard_reset=hard_reset,
         )
-        self._raw: dict | None = None  # last robosuite observation (proprio only)
+        self._install_camera_sensors()
+        self._raw: dict | None = None  # robosuite's last observation
+        self._has_images = False  # whether _raw's images were rendered
+
+    def _install_camera_sensors(self) -> None:
+        """Our on-demand sensors in robosuite's camera observables; a hard reset puts robosuite's back."""
+        from robosuite.utils.observables import sensor
+
+        for camera in self._sampled:
+
+            @sensor(modality="image")
+            def on_demand(obs_cache, camera=camera):
+                if not self._render_next:
+                    return self._blank
+                self._rendered.add(camera)
+                return self.render_raw(camera)
+
+            self._env.env.modify_observable(f"{camera}_image", "sensor", on_demand)
+
+    @contextlib.contextmanager
+    def _rendering(self, wanted: bool):
+        """Around one robosuite call that samples observations: render the cameras when ``wanted``."""
+        self._render_next, self._rendered = wanted, set()
+        try:
+            yield
+        finally:
+            self._render_next = False
+        missing = set(self._sampled) - self._rendered if wanted else set()
+        if missing:
+            raise RuntimeError(f"robosuite did not sample camera(s) {sorted(missing)} during this step")
+        self._has_images = wanted
 
     def reset(self, episode_index: int) -> Observation:
         self._check_episode_index(episode_index)
         self._env.reset()  # hard reset rebuilds the sim (and its render context)
-        self._raw = self._env.set_init_state(self.task.init_states[episode_index])
-        for _ in range(self.settle_steps):
-            self._raw, _, _, _ = self._env.step(NOOP_ACTION)
+        self._install_camera_sensors()
+        with self._rendering(self.settle_steps == 0):
+            self._raw = self._env.set_init_state(self.task.init_states[episode_index])
+        for i in range(self.settle_steps):
+            with self._rendering(i == self.settle_steps - 1):
+                self._raw, _, _, _ = self._env.step(NOOP_ACTION)
         self.steps = 0
         return self.render_obs()
 
@@ -112,26 +173,37 @@ class LiberoEnv(SuiteEnv):
         action = np.asarray(action, dtype=np.float64)
         if action.shape != (7,):
             raise ValueError(f"LIBERO action: expected shape (7,), got {action.shape}")
-        self._raw, reward, _, _ = self._env.step(action)
+        with self._rendering(render):
+            self._raw, reward, _, _ = self._env.step(action)
         success = bool(self._env.check_success())
         done = self._advance(success)
         return StepResult(self.render_obs() if render else None, float(reward), success, done)
 
     def render_raw(self, camera: str) -> np.ndarray:
-        """A robosuite camera's frame exactly as its camera observable would give it (upside down)."""
+        """A robosuite camera's frame exactly as its camera sensor renders it (upside down)."""
         sim = self._env.sim
         if self.fast_render:
             fast_scene_flags(sim._render_context_offscreen.scn)
         return sim.render(camera_name=camera, width=self.image_size, height=self.image_size)
 
     def render_obs(self) -> Observation:
+        """The observation robosuite sampled in the last step (or reset); its images exist only when that step
+        rendered: LIBERO's images are taken inside a step, at robosuite's sampling moment, not after it."""
+        if not self._has_images:
+            raise RuntimeError(
+                "LIBERO renders inside a step, when robosuite samples its observations: the last step ran with "
+                "render=False; pass render=True to the step whose observation is needed"
+            )
         raw = self._raw
-        images = {c: np.ascontiguousarray(self.render_raw(CAMERAS[c])[::-1, ::-1]) for c in self.cameras}
+        images = {
+            name: np.ascontiguousarray(raw[f"{camera}_image"][::-1, ::-1])
+            for name, camera in self.robosuite_cameras.items()
+        }
         state = libero_state(raw["robot0_eef_pos"], raw["robot0_eef_quat"], raw["robot0_gripper_qpos"])
         return {"images": images, "state": state, "instruction": self.task.instruction}  # (Hi, Wi, 3), (8,)
 
     def raw_obs(self) -> dict:
-        """robosuite's last observation dict (proprio keys only; for tests and debugging)."""
+        """robosuite's last observation dict (for tests and debugging)."""
         return self._raw
 
     def close(self) -> None:

