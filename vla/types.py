@@ -25,7 +25,7 @@ ACTION_DIM_MASK = "action_dim_mask"  # (B, D) bool: True on real dims
 INSTRUCTION = "instruction"  # list[str] of length B
 DATASET_INDEX = "dataset_index"  # (B,) long, which mixture member a sample came from (optional)
 # Training only: the key of each sample's random draws (vla.utils.sample_rng), and the draws' sources.
-SAMPLE_INDEX = "sample_index"  # (B,) long, the sample's index in the training dataset
+SAMPLE_NUMBER = "sample_number"  # (B,) long, the sample's place in the run's stream of drawn samples
 GENERATORS = "generators"  # list of B torch.Generator: sample i's augmentation, noise and time come from the i-th
 
 

@@ -8,6 +8,7 @@ from data_pipelines.feature_map import FeatureMapConfig
 from data_pipelines.lerobot_source import LeRobotSourceConfig
 from data_pipelines.mixture import MixtureConfig, MixtureMemberConfig
 from data_pipelines.stats import compute_stats, save_stats
+from vla.train.data import NumberedDataset
 from vla.train.sampler import ShardedStepSampler
 
 
@@ -61,7 +62,7 @@ def test_training_sampler_draws_members_by_weight_and_shards(three_cam_dataset, 
     mix = MixtureConfig(members(three_cam_dataset, metaworld_layout_dataset, w=(1.0, 3.0))).build()
 
     def order(**kw) -> list[int]:
-        return list(ShardedStepSampler(len(mix), weights=mix.sample_weights(), **kw))
+        return [d.index for d in ShardedStepSampler(len(mix), weights=mix.sample_weights(), **kw)]
 
     drawn = order(batch_size=40, total_micro_steps=100, seed=7)
     counts = Counter(mix.locate(i)[0] for i in drawn)
@@ -83,7 +84,7 @@ def test_mixture_loads_with_workers(three_cam_dataset, metaworld_layout_dataset)
         mm.source.feature_map = resize
     mix = MixtureConfig(m).build()
     loader = DataLoader(
-        mix,
+        NumberedDataset(mix),  # indexed by the sampler's draws (dataset index, stream number)
         batch_size=8,
         sampler=ShardedStepSampler(len(mix), 8, 2, weights=mix.sample_weights()),
         collate_fn=collate,

@@ -20,23 +20,28 @@ def weights_for(kind: str) -> SampleWeights | torch.Tensor | None:
     return None
 
 
+def indices(draws) -> list[int]:
+    """The dataset indices of a sampler's draws (their stream numbers are tested in test_training_data)."""
+    return [d.index for d in draws]
+
+
 def per_step(order: list[int], batch: int) -> list[list[int]]:
     return [order[i : i + batch] for i in range(0, len(order), batch)]
 
 
 @pytest.mark.parametrize("kind", ["uniform", "per_dataset", "per_sample"])
 def test_resume_at_step_k_draws_what_the_uninterrupted_run_draws(kind):
-    full = list(ShardedStepSampler(N, 4, 30, seed=5, weights=weights_for(kind)))
-    resumed = list(ShardedStepSampler(N, 4, 30, seed=5, start_micro_step=12, weights=weights_for(kind)))
+    full = indices(ShardedStepSampler(N, 4, 30, seed=5, weights=weights_for(kind)))
+    resumed = indices(ShardedStepSampler(N, 4, 30, seed=5, start_micro_step=12, weights=weights_for(kind)))
     assert len(full) == 30 * 4 and resumed == full[12 * 4 :]
-    assert full != list(ShardedStepSampler(N, 4, 30, seed=6, weights=weights_for(kind)))
+    assert full != indices(ShardedStepSampler(N, 4, 30, seed=6, weights=weights_for(kind)))
 
 
 @pytest.mark.parametrize("kind", ["uniform", "per_dataset", "per_sample"])
 def test_n_ranks_at_batch_b_see_what_one_rank_at_batch_nb_sees(kind):
-    one = per_step(list(ShardedStepSampler(N, 6, 20, seed=3, weights=weights_for(kind))), 6)
+    one = per_step(indices(ShardedStepSampler(N, 6, 20, seed=3, weights=weights_for(kind))), 6)
     ranks = [
-        per_step(list(ShardedStepSampler(N, 2, 20, seed=3, rank=r, world_size=3, weights=weights_for(kind))), 2)
+        per_step(indices(ShardedStepSampler(N, 2, 20, seed=3, rank=r, world_size=3, weights=weights_for(kind))), 2)
         for r in range(3)
     ]
     assert [sum((ranks[r][s] for r in range(3)), []) for s in range(20)] == one
@@ -45,7 +50,7 @@ def test_n_ranks_at_batch_b_see_what_one_rank_at_batch_nb_sees(kind):
 
 
 def test_without_weights_every_epoch_is_a_permutation():
-    order = list(ShardedStepSampler(N, 4, 28, seed=1))  # 112 draws: three whole epochs and a part
+    order = indices(ShardedStepSampler(N, 4, 28, seed=1))  # 112 draws: three whole epochs and a part
     epochs = [order[i : i + N] for i in range(0, 3 * N, N)]
     assert all(sorted(e) == list(range(N)) for e in epochs)
     assert epochs[0] != epochs[1]
@@ -53,7 +58,7 @@ def test_without_weights_every_epoch_is_a_permutation():
 
 def test_dataset_weights_set_each_dataset_share_and_draw_uniformly_inside():
     weights = SampleWeights(sizes=[10, 90], weights=[3.0, 1.0])
-    order = list(ShardedStepSampler(100, 50, 80, seed=7, weights=weights))
+    order = indices(ShardedStepSampler(100, 50, 80, seed=7, weights=weights))
     first = sum(i < 10 for i in order) / len(order)
     assert abs(first - 0.75) < 0.03
     assert set(order) == set(range(100))  # 1000 draws of the second dataset reach all its 90 frames
@@ -61,7 +66,7 @@ def test_dataset_weights_set_each_dataset_share_and_draw_uniformly_inside():
 
 def test_per_sample_weights_are_followed_and_zero_weights_never_drawn():
     weights = torch.tensor([0.0, 1.0, 0.0, 3.0, 0.0])
-    order = list(ShardedStepSampler(5, 40, 50, seed=2, weights=weights))
+    order = indices(ShardedStepSampler(5, 40, 50, seed=2, weights=weights))
     assert set(order) == {1, 3}
     assert abs(order.count(3) / len(order) - 0.75) < 0.03
 
@@ -85,18 +90,20 @@ def test_100m_frames_weighted_uniform_and_resumed():
     """DROID alone has 27 M frames; one multinomial over all frames stops at 2**24."""
     n, droid = 100_000_000, 27_000_000
     mixture = SampleWeights(sizes=[droid, n - droid], weights=[1.0, 1.0])
-    drawn = list(itertools.islice(ShardedStepSampler(n, 256, 10**6, start_micro_step=500_000, weights=mixture), 1024))
+    drawn = indices(
+        itertools.islice(ShardedStepSampler(n, 256, 10**6, start_micro_step=500_000, weights=mixture), 1024)
+    )
     assert all(0 <= i < n for i in drawn) and max(drawn) > 2**24
     assert abs(sum(i < droid for i in drawn) / len(drawn) - 0.5) < 0.1
 
     per_frame = torch.zeros(n)  # a per-sample vector over all frames: the old sampler's input
     per_frame[:8], per_frame[-8:] = 1.0, 3.0
-    drawn = list(itertools.islice(ShardedStepSampler(n, 64, 100, weights=per_frame), 1024))
+    drawn = indices(itertools.islice(ShardedStepSampler(n, 64, 100, weights=per_frame), 1024))
     assert all(i < 8 or i >= n - 8 for i in drawn)
     assert abs(sum(i >= n - 8 for i in drawn) / len(drawn) - 0.75) < 0.06
     del per_frame
 
     step = n // 256 - 3  # the last three global batches of epoch 0
     uniform = ShardedStepSampler(n, 128, 10**6, rank=1, world_size=2, start_micro_step=step)
-    drawn = list(itertools.islice(uniform, 3 * 128))
+    drawn = indices(itertools.islice(uniform, 3 * 128))
     assert len(set(drawn)) == len(drawn) and all(0 <= i < n for i in drawn)

@@ -13,6 +13,7 @@ from vla.models.heads.base import HeadConfig
 from vla.models.policy import Policy, PolicyConfig
 from vla.train.config import AugmentConfig, DatasetConfig
 from vla.train.data import build_training_data, normalized_action_chunks
+from vla.train.sampler import ShardedStepSampler
 
 
 def _policy_cfg(head="regression", chunk=4) -> PolicyConfig:
@@ -177,7 +178,7 @@ def test_token_heads_train_on_bounded_actions(metaworld_layout_dataset):
 
 @pytest.mark.parametrize("head", ["flow", "diffusion"])
 def test_a_samples_draws_do_not_depend_on_the_batch_it_lands_in(metaworld_layout_dataset, head):
-    """Augmentation (on by default), noise and time are keyed by (seed, step, sample index): a batch of 4
+    """Augmentation (on by default), noise and time are keyed by (seed, step, sample number): a batch of 4
     gives each sample what two batches of 2 give it (the ranks of DDP, the micro-steps of accumulation)."""
     data = build_training_data(DatasetConfig(root=str(metaworld_layout_dataset)), _policy_cfg(head), AugmentConfig())
     assert data.augment is not None
@@ -186,17 +187,33 @@ def test_a_samples_draws_do_not_depend_on_the_batch_it_lands_in(metaworld_layout
     torch.manual_seed(0)
     policy = Policy(cfg, data.stats)
 
-    def batch(indices, step=3):
-        return data.to_device(data.collate([data.indexed[i] for i in indices]), "cpu", step=step)
+    def batch(draws, step=3):  # draws: (dataset index, stream number) pairs, as the sampler yields them
+        return data.to_device(data.collate([data.numbered[d] for d in draws]), "cpu", step=step)
 
-    whole, halves = batch([5, 17, 2, 30]), [batch([5, 17]), batch([2, 30])]
+    draws = [(5, 0), (17, 1), (2, 2), (30, 3)]
+    whole, halves = batch(draws), [batch(draws[:2]), batch(draws[2:])]
     torch.testing.assert_close(whole["images"], torch.cat([h["images"] for h in halves]), rtol=0, atol=1e-6)
-    raw = data.collate([data.indexed[i] for i in (5, 17, 2, 30)])["images"]
+    raw = data.collate([data.numbered[d] for d in draws])["images"]
     assert not torch.allclose(whole["images"], raw)  # augmented
     losses = [policy.compute_loss(h)[0] for h in halves]
     torch.testing.assert_close(policy.compute_loss(whole)[0], sum(losses) / 2, rtol=1e-5, atol=1e-6)
     # Another step, or the same step again, draws anew / the same.
-    assert not torch.equal(batch([5, 17])["images"], batch([5, 17], step=4)["images"])
-    torch.testing.assert_close(policy.compute_loss(batch([5, 17]))[0], losses[0], rtol=0, atol=0)
-    with pytest.raises(KeyError, match="sample_index"):
+    assert not torch.equal(batch(draws[:2])["images"], batch(draws[:2], step=4)["images"])
+    torch.testing.assert_close(policy.compute_loss(batch(draws[:2]))[0], losses[0], rtol=0, atol=0)
+    # A frame drawn twice in one step (weighted sampling) is augmented twice, differently.
+    twice = batch([(5, 0), (5, 1)])["images"]
+    assert not torch.equal(twice[0], twice[1])
+    with pytest.raises(KeyError, match="sample_number"):
         data.to_device(data.collate([data.dataset[0]]), "cpu", step=0)
+
+
+def test_the_sampler_numbers_its_draws_independently_of_the_split():
+    """One process at batch 4, two at batch 2, and batch 2 accumulated over 2 micro-steps number each
+    sample alike; a frame drawn twice gets two numbers."""
+    one = list(ShardedStepSampler(30, 4, 6, seed=1))
+    ranks = [list(ShardedStepSampler(30, 2, 6, seed=1, rank=r, world_size=2)) for r in (0, 1)]
+    interleaved = [d for step in range(6) for r in (0, 1) for d in ranks[r][2 * step : 2 * step + 2]]
+    accumulated = list(ShardedStepSampler(30, 2, 12, seed=1))
+    assert one == interleaved == accumulated and [d.number for d in one] == list(range(24))
+    weighted = list(ShardedStepSampler(3, 8, 2, weights=torch.ones(3)))  # 16 draws of 3 frames
+    assert len({d.number for d in weighted}) == 16 > len({d.index for d in weighted})

@@ -1,4 +1,4 @@
-"""Per-sample random streams: keyed by (seed, step, sample index), independent of the batch."""
+"""Per-sample random streams: keyed by (seed, step, sample number), independent of the batch."""
 
 import pytest
 import torch
@@ -15,7 +15,7 @@ def test_keys_give_reproducible_distinct_streams():
     keys = [(0, 3, 7), (1, 3, 7), (0, 4, 7), (0, 3, 8), (0, 7, 3)]
     draws = [first(*k) for k in keys]
     assert all(not torch.equal(a, b) for i, a in enumerate(draws) for b in draws[i + 1 :])
-    with pytest.raises(ValueError, match="sample indices must be >= 0"):
+    with pytest.raises(ValueError, match="sample numbers must be >= 0"):
         keyed_generators(0, 0, [-1])
 
 

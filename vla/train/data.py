@@ -19,7 +19,7 @@ from data_pipelines.feature_map import FeatureMapConfig
 from data_pipelines.lerobot_source import LeRobotSource, LeRobotSourceConfig
 from data_pipelines.stats import compute_stats, read_columns
 from vla import types as T
-from vla.train.sampler import SampleWeights
+from vla.train.sampler import Draw, SampleWeights
 from vla.utils.sample_rng import keyed_generators
 
 
@@ -33,7 +33,7 @@ class TrainingData:
     stats: dict  # canonical {"state": {...}, "actions": {...}} for the Normalizer
     sample_weights: SampleWeights | None = None  # how the sampler draws (mixtures); None: epochs of permutations
     augment: Compose | None = None  # data_pipelines.augment transform, applied on the device
-    seed: int = 0  # with the step and the sample index, the key of every random draw of a sample
+    seed: int = 0  # with the step and the sample's stream number, the key of every random draw of a sample
     image_size: int = 0  # square side of the images the policy sees (0: not square, or a mixture)
 
     @staticmethod
@@ -41,24 +41,26 @@ class TrainingData:
         return collate(samples)
 
     @property
-    def indexed(self) -> IndexedDataset:
-        """The dataset whose samples carry their own index: what the trainer loads batches from."""
-        return IndexedDataset(self.dataset)
+    def numbered(self) -> NumberedDataset:
+        """What the trainer loads batches from: indexed by the sampler's draws, samples carry their number."""
+        return NumberedDataset(self.dataset)
 
     def to_device(self, batch: dict[str, Any], device, step: int) -> dict[str, Any]:
         """Move to the device, give each sample its random stream, and augment there.
 
-        Sample i's generator is keyed by (seed, step, its dataset index) (vla.utils.sample_rng): its
-        augmentation is drawn first, then the head draws its noise and time from the same generator
-        (``batch["generators"]``). ``step`` is the optimizer step, so the micro-steps of gradient
-        accumulation, the ranks of DDP and one large batch all give a sample the same draws.
+        Sample i's generator is keyed by (seed, step, its stream number) (vla.utils.sample_rng,
+        vla.train.sampler.Draw): its augmentation is drawn first, then the head draws its noise and
+        time from the same generator (``batch["generators"]``). ``step`` is the optimizer step and the
+        number does not depend on how the step's samples are split, so the micro-steps of gradient
+        accumulation, the ranks of DDP and one large batch all give a sample the same draws, and a
+        frame drawn twice in a step (weighted sampling) gets two different ones.
         """
-        if T.SAMPLE_INDEX not in batch:
+        if T.SAMPLE_NUMBER not in batch:
             raise KeyError(
-                f"batch has no {T.SAMPLE_INDEX!r}: load training batches from TrainingData.indexed, "
-                "whose samples carry the index that keys their random draws"
+                f"batch has no {T.SAMPLE_NUMBER!r}: load training batches from TrainingData.numbered, "
+                "whose samples carry the number that keys their random draws"
             )
-        gens = keyed_generators(self.seed, step, batch[T.SAMPLE_INDEX].tolist())
+        gens = keyed_generators(self.seed, step, batch[T.SAMPLE_NUMBER].tolist())
         out = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
         if self.augment is not None:
             out[T.IMAGES] = self.augment(out[T.IMAGES], generator=gens)
@@ -66,8 +68,9 @@ class TrainingData:
         return out
 
 
-class IndexedDataset(torch.utils.data.Dataset):
-    """``dataset[i]`` plus ``sample_index = i``, which keys sample i's random draws in training."""
+class NumberedDataset(torch.utils.data.Dataset):
+    """``numbered[index, number]`` is ``dataset[index]`` plus ``sample_number = number`` (a sampler's
+    ``Draw``), the key of that draw's random numbers in training."""
 
     def __init__(self, dataset: torch.utils.data.Dataset):
         self.dataset = dataset
@@ -75,8 +78,9 @@ class IndexedDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, idx: int) -> dict[str, Any]:
-        return {**self.dataset[idx], T.SAMPLE_INDEX: idx}
+    def __getitem__(self, draw: Draw | tuple[int, int]) -> dict[str, Any]:
+        index, number = draw
+        return {**self.dataset[index], T.SAMPLE_NUMBER: number}
 
 
 def _source(root: str | None, repo_id: str | None, dcfg, chunk: int) -> LeRobotSource:

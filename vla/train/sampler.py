@@ -1,7 +1,11 @@
 """The one training sampler: a deterministic, resumable, rank-sharded order of dataset indices.
 
 Micro-step s of a run consumes a *global batch* of G = per-rank batch x world size dataset
-indices, and rank r takes positions [r*B, (r+1)*B) of it. Every rank computes the same global
+indices, and rank r takes positions [r*B, (r+1)*B) of it. The sampler yields ``Draw(index,
+number)``: the dataset index and the draw's place in the run's stream (``s * G + r * B + i``),
+the same for a sample whether one process at batch N*B, N processes at batch B or accumulated
+micro-steps drew it, and different for a frame drawn twice; it keys the sample's random draws
+(augmentation, noise, time; see ``vla.utils.sample_rng``). Every rank computes the same global
 batch from (seed, s) alone, so:
 
 - N processes at batch B see exactly the samples 1 process at batch N*B sees, split by rank;
@@ -21,10 +25,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from itertools import accumulate
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import Sampler
+
+
+class Draw(NamedTuple):
+    """One drawn sample: its dataset index, and its number in the run's stream of draws."""
+
+    index: int
+    number: int
 
 
 class SampleWeights:
@@ -116,8 +128,8 @@ def _step_generator(seed: int, micro_step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
-class ShardedStepSampler(Sampler[int]):
-    """This rank's dataset indices, micro-step after micro-step, from ``start_micro_step`` on.
+class ShardedStepSampler(Sampler[Draw]):
+    """This rank's draws (dataset index, stream number), micro-step after micro-step, from ``start_micro_step`` on.
 
     ``weights``: None (epochs of permutations), ``SampleWeights``, or a per-sample weight tensor
     of length ``num_samples`` (taken as ``SampleWeights.per_sample``).
@@ -180,10 +192,12 @@ class ShardedStepSampler(Sampler[int]):
             self._epoch_order = (epoch, torch.randperm(self.n, generator=g, dtype=dtype))
         return self._epoch_order[1]
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[Draw]:
         lo, hi = self.rank * self.b, (self.rank + 1) * self.b
         for step in range(self.start, self.total):
-            yield from self.global_batch(step)[lo:hi].tolist()
+            first = step * self.global_batch_size + lo
+            for i, index in enumerate(self.global_batch(step)[lo:hi].tolist()):
+                yield Draw(index, first + i)
 
     def __len__(self) -> int:
         return (self.total - self.start) * self.b

@@ -123,7 +123,7 @@ class Trainer:
                 log.info("resumed from %s at step %d", self.ckpt.last, self.step)
         self.loader = self._make_loader(start_step=self.step)
         self.metrics = MetricsLogger(self.out, enabled=self.is_main, cfg=cfg, resume=cfg.resume, step=self.step)
-        probe = self.data.to_device(self.data.collate([self.data.indexed[0]]), acc.device, step=0)
+        probe = self.data.to_device(self.data.collate([self.data.numbered[0, 0]]), acc.device, step=0)
         self.flops_per_sample = estimate_flops_per_sample(acc.unwrap_model(self.policy), probe)
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -161,7 +161,7 @@ class Trainer:
         # An in-memory dataset is only indexed: worker processes would cost more than they save.
         workers = 0 if isinstance(self.data.dataset, InMemoryDataset) else cfg.train.num_workers
         return DataLoader(
-            self.data.indexed,  # each sample carries its index, the key of its random draws
+            self.data.numbered,  # each sample carries its stream number, the key of its random draws
             batch_size=cfg.train.batch_size,
             sampler=sampler,
             num_workers=workers,
@@ -331,7 +331,9 @@ def freeze_unused_parameters(policy, data: TrainingData, device) -> list[str]:
     heads. One forward/backward on a real batch finds them exactly.
     """
     policy.to(device)
-    batch = data.to_device(data.collate([data.indexed[i] for i in range(min(2, len(data.dataset)))]), device, step=0)
+    batch = data.to_device(
+        data.collate([data.numbered[i, i] for i in range(min(2, len(data.dataset)))]), device, step=0
+    )
     loss, _ = policy(batch)
     loss.backward()
     unused = [n for n, p in policy.named_parameters() if p.requires_grad and p.grad is None]

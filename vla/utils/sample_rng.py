@@ -4,7 +4,8 @@ Under DDP or ZeRO every rank runs the same code; if the draws came from a genera
 by the batch (or from the global RNG, seeded alike on every rank), every rank would draw the
 same augmentation, noise and times, and a run with N processes at batch B would neither see
 the diversity of batch N*B nor match a one-process run at that batch. So each sample gets its
-own ``torch.Generator`` seeded from (seed, step, sample index) (``keyed_generators``), and
+own ``torch.Generator`` seeded from (seed, step, sample number) (``keyed_generators``; the number
+is the sample's place in the run's stream of draws, ``vla.train.sampler.Draw``), and
 everything random about it (augmentation parameters, then the head's noise and time) is drawn
 from that generator. One process at batch 2B, two processes at batch B, or two accumulated
 micro-steps of B then draw exactly the same numbers for every sample.
@@ -27,8 +28,8 @@ import torch
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
-def keyed_generators(seed: int, step: int, sample_indices: Sequence[int]) -> list[torch.Generator]:
-    """One CPU generator per sample, seeded from (seed, step, sample index).
+def keyed_generators(seed: int, step: int, sample_numbers: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per sample, seeded from (seed, step, sample number).
 
     numpy's ``SeedSequence`` hashes the three integers into a well-mixed 64-bit seed, so
     neighbouring steps or indices get unrelated streams (a linear mix such as
@@ -37,10 +38,10 @@ def keyed_generators(seed: int, step: int, sample_indices: Sequence[int]) -> lis
     if seed < 0 or step < 0:
         raise ValueError(f"keyed_generators: seed and step must be >= 0, got seed={seed}, step={step}")
     gens = []
-    for index in sample_indices:
-        if index < 0:
-            raise ValueError(f"keyed_generators: sample indices must be >= 0, got {index}")
-        state = np.random.SeedSequence([seed, step, int(index)]).generate_state(1, np.uint64)[0]
+    for number in sample_numbers:
+        if number < 0:
+            raise ValueError(f"keyed_generators: sample numbers must be >= 0, got {number}")
+        state = np.random.SeedSequence([seed, step, int(number)]).generate_state(1, np.uint64)[0]
         gens.append(torch.Generator().manual_seed(int(state)))
     return gens
 
