@@ -61,3 +61,13 @@ def test_debug_prints_the_traceback_on_the_terminal(no_debug, tmp_path, monkeypa
     assert TRACEBACK in (no_debug / "logs" / "train-error.log").read_text()
     monkeypatch.setenv("VLA_DEBUG", "1")
     assert TRACEBACK in _fails(args, capsys)
+
+
+def test_data_commands_keep_their_traceback_too(no_debug, tmp_path, capsys):
+    from vla.cli.data import main as data_main
+
+    assert data_main(["stats", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    log = no_debug / "logs" / "data-stats-error.log"
+    assert "vla data stats: error:" in err and TRACEBACK not in err and f"full traceback: {log}" in err
+    assert TRACEBACK in log.read_text()

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from vla.cli.common import FailureLog, report_failure
+
 SUMMARY = "generate, validate, inspect, convert datasets; compute statistics; fit the FAST tokenizer"
 USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, KeyError, ValueError, TypeError, ImportError)
 
@@ -293,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.fn(args) or 0)
     except (CliError, *USER_ERRORS, OSError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"vla data {args.verb}: error: {msg}", file=sys.stderr)
+        # The traceback goes to the cache's log, never into a dataset folder.
+        report_failure(f"vla data {args.verb}: error: {msg}", FailureLog(f"data-{args.verb}"))
         return 2
 
 
