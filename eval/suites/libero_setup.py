@@ -1,7 +1,7 @@
 """Make the real LIBERO benchmark (``hf-libero``) importable offline, without prompts.
 
 Two things stand between ``pip install hf-libero`` and a working ``import
-libero.libero`` on a headless machine with no hub access (FACTS.md):
+libero.libero`` on a headless machine with no hub access:
 
 1. **Config.** ``libero/libero/__init__.py`` reads ``$LIBERO_CONFIG_PATH/config.yaml``
    (default ``~/.libero``) and, when it is missing, asks questions on stdin at
