@@ -106,12 +106,15 @@ def test_cli_validate_exit_codes(three_cam_dataset, copy_dataset, capsys):
     assert "[missing_video] videos/observation.images.overhead/chunk-000/file-000.mp4" in capsys.readouterr().out
 
 
-def test_cli_errors_are_one_line(tmp_path, capsys):
+def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
     from vla.cli.data import main
 
+    monkeypatch.setenv("VLA_CACHE_DIR", str(tmp_path / "cache"))  # where the traceback goes
+    monkeypatch.setenv("VLA_DEBUG", "0")
     assert main(["inspect", str(tmp_path / "nope")]) == 2
-    err = capsys.readouterr().err
-    assert err.strip() == f"vla data inspect: error: LeRobot dataset root {tmp_path / 'nope'} does not exist"
+    message, where = capsys.readouterr().err.strip().splitlines()  # the cause, then where its traceback is
+    assert message == f"vla data inspect: error: LeRobot dataset root {tmp_path / 'nope'} does not exist"
+    assert where.startswith(f"  full traceback: {tmp_path / 'cache' / 'logs' / 'data-inspect-error.log'}")
     assert main(["stats", str(tmp_path)]) == 2
     assert "not a LeRobot dataset" in capsys.readouterr().err
     assert main(["validate"]) == 2  # argparse usage error
