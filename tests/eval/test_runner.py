@@ -17,15 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from tiny_policies import random_tiny_policy
 
 import vla.models.heads.regression  # noqa: F401  (registers "regression" even before heads/__init__ does)
 from eval.report import EPISODES_FILE
 from eval.runner import EvalConfig, episode_seed, evaluate, evaluate_policy, select_tasks
 from eval.suites import get_suite
-from vla.models.backbones.base import BackboneConfig
-from vla.models.heads.base import HeadConfig
-from vla.models.policy import Policy, PolicyConfig, checkpoint_hash
+from vla.models.policy import Policy, checkpoint_hash
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,19 +42,11 @@ def _read(out: Path) -> dict:
 @pytest.fixture(scope="module")
 def tiny_policy() -> Policy:
     """SmolVLM tiny + regression head with mw-easy's cameras and dims, random weights."""
-    torch.manual_seed(0)
-    cfg = PolicyConfig(
-        backbone=BackboneConfig.get_choice_class("smolvlm")(preset="tiny"),
-        head=HeadConfig.get_choice_class("regression")(),
-        chunk_size=8,
-        n_action_steps=4,
-        cameras=["image", "wrist"],
-        state_dim=4,
-        action_dim=4,
-        image_size=48,  # as if trained on 48 px images
-    )
     stats = {"state": {"mean": [0.0] * 4, "std": [1.0] * 4}, "actions": {"mean": [0.0] * 4, "std": [0.5] * 4}}
-    return Policy(cfg, stats).eval()
+    # image_size: as if trained on 48 px images
+    return random_tiny_policy(
+        "regression", ["image", "wrist"], 4, 4, stats, chunk_size=8, n_action_steps=4, image_size=48
+    )
 
 
 @pytest.fixture(scope="module")

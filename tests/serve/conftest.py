@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_policies import random_tiny_policy
 
 import vla.models.heads.flow_matching  # noqa: F401  (registers "flow" even before heads/__init__ imports it)
-from vla.models.backbones.base import BackboneConfig
-from vla.models.heads.base import HeadConfig
-from vla.models.policy import Policy, PolicyConfig
+from vla.models.policy import Policy
 from vla.serve.obs_mapping import ObsMapping
 from vla.serve.server import PolicyServer, ServeConfig, ServerThread
 
@@ -27,22 +26,13 @@ LIBERO_MAP = {
 @pytest.fixture(scope="session")
 def policy() -> Policy:
     """Flow head (stochastic), so seeded equality means something; stats far from identity."""
-    torch.manual_seed(0)
-    cfg = PolicyConfig(
-        backbone=BackboneConfig.get_choice_class("smolvlm")(preset="tiny"),
-        head=HeadConfig.get_choice_class("flow")(),
-        chunk_size=CHUNK,
-        n_action_steps=4,
-        cameras=list(CAMERAS),
-        state_dim=STATE_DIM,
-        action_dim=ACTION_DIM,
-        fps=10.0,
-    )
     stats = {
         "state": {"mean": [0.5] * STATE_DIM, "std": [2.0] * STATE_DIM},
         "actions": {"mean": [float(i) for i in range(ACTION_DIM)], "std": [0.1] * ACTION_DIM},
     }
-    return Policy(cfg, stats).eval()
+    return random_tiny_policy(
+        "flow", CAMERAS, STATE_DIM, ACTION_DIM, stats, chunk_size=CHUNK, n_action_steps=4, fps=10.0
+    )
 
 
 @pytest.fixture(scope="session")

@@ -13,11 +13,10 @@ import pytest
 import torch
 from openpi_client import image_tools
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
+from tiny_policies import random_tiny_policy
 from websockets.sync.server import serve
 
-from vla.models.backbones.base import BackboneConfig
-from vla.models.heads.base import HeadConfig
-from vla.models.policy import Policy, PolicyConfig
+from vla.models.policy import Policy
 from vla.serve import PolicyClient, protocol
 from vla.serve.obs_mapping import ObsMapping
 from vla.serve.server import PolicyServer, ServeConfig, ServerThread
@@ -31,21 +30,11 @@ pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a 
 
 @pytest.fixture(scope="module")
 def aloha_policy() -> Policy:
-    torch.manual_seed(0)
-    cfg = PolicyConfig(
-        backbone=BackboneConfig.get_choice_class("smolvlm")(preset="tiny"),
-        head=HeadConfig.get_choice_class("flow")(),
-        chunk_size=6,
-        n_action_steps=3,
-        cameras=list(ALOHA_CAMERAS),
-        state_dim=ALOHA_DIM,
-        action_dim=ALOHA_DIM,
-    )
     stats = {
         "state": {"mean": [0.1] * ALOHA_DIM, "std": [0.5] * ALOHA_DIM},
         "actions": {"mean": [0.0] * ALOHA_DIM, "std": [0.2] * ALOHA_DIM},
     }
-    return Policy(cfg, stats).eval()
+    return random_tiny_policy("flow", ALOHA_CAMERAS, ALOHA_DIM, ALOHA_DIM, stats, chunk_size=6, n_action_steps=3)
 
 
 @pytest.fixture(scope="module")
