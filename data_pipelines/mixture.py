@@ -12,10 +12,10 @@ needs to know which member a sample came from:
   ``state_mask`` / ``action_dim_mask`` True on the real dims;
 - ``dataset_index``: which member, as a long scalar.
 
-Normalization, when enabled, is applied per member with that member's own
-statistics *before* padding (each embodiment's joints have their own units); padded
-dims stay 0. A policy trained this way then needs the same member's statistics to
-unnormalize, so save them with the checkpoint (``member_stats``).
+Samples stay in raw robot units: the policy normalizes each sample with its own
+member's statistics (selected by ``dataset_index``) and keeps them in its checkpoint,
+so each embodiment's joints keep their own units and a served policy unnormalizes
+exactly as it trained.
 
 Weighted sampling is left to the one training sampler
 (``vla.train.sampler.ShardedStepSampler``) rather than a sampling ``__getitem__``, so
@@ -36,7 +36,6 @@ from torch.utils.data import Dataset
 
 from data_pipelines.lerobot_source import LeRobotSource, LeRobotSourceConfig
 from vla import types as T
-from vla.models.normalizer import Normalizer
 from vla.train.sampler import SampleWeights
 
 
@@ -44,30 +43,18 @@ from vla.train.sampler import SampleWeights
 class MixtureMemberConfig:
     source: LeRobotSourceConfig = field(default_factory=LeRobotSourceConfig)
     weight: float = 1.0
-    stats_path: str | None = None  # default: the member dataset's meta/stats.json
 
 
 @dataclass
 class MixtureConfig:
     members: list[MixtureMemberConfig] = field(default_factory=list)
     camera_layout: Literal["union", "max"] = "union"
-    normalize: bool = False
-    norm_modes: dict[str, str] = field(default_factory=lambda: {"state": "mean_std", "actions": "mean_std"})
 
     def build(self) -> MixtureDataset:
-        from data_pipelines.stats import load_stats
-
         if not self.members:
             raise ValueError("MixtureConfig: no members")
         sources = [LeRobotSource(m.source) for m in self.members]
-        normalizers = None
-        if self.normalize:
-            normalizers = []
-            for m, src in zip(self.members, sources, strict=True):
-                stats = src.feature_map.stats_for(load_stats(m.stats_path or src.root))
-                modes = {k: v for k, v in self.norm_modes.items() if k in stats}
-                normalizers.append(Normalizer(stats, modes))
-        return MixtureDataset(sources, [m.weight for m in self.members], normalizers, self.camera_layout)
+        return MixtureDataset(sources, [m.weight for m in self.members], self.camera_layout)
 
 
 class MixtureDataset(Dataset):
@@ -77,18 +64,14 @@ class MixtureDataset(Dataset):
         self,
         sources: Sequence[LeRobotSource],
         weights: Sequence[float],
-        normalizers: Sequence[Normalizer | None] | None = None,
         camera_layout: Literal["union", "max"] = "union",
     ):
         if len(sources) != len(weights):
             raise ValueError(f"{len(sources)} sources but {len(weights)} weights")
         if any(w < 0 for w in weights) or sum(weights) <= 0:
             raise ValueError(f"weights must be >= 0 with a positive sum, got {list(weights)}")
-        if normalizers is not None and len(normalizers) != len(sources):
-            raise ValueError(f"{len(sources)} sources but {len(normalizers)} normalizers")
         self.sources = list(sources)
         self.weights = [w / sum(weights) for w in weights]
-        self.normalizers = list(normalizers) if normalizers is not None else [None] * len(sources)
         self.camera_layout = camera_layout
         maps = [s.feature_map for s in self.sources]
 
@@ -140,12 +123,7 @@ class MixtureDataset(Dataset):
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
         m, local = self.locate(idx)
-        s = dict(self.sources[m][local])
-        norm = self.normalizers[m]
-        if norm is not None:
-            s[T.ACTIONS] = norm.normalize("actions", s[T.ACTIONS])  # (H, d)
-            if "state" in norm.features:
-                s[T.STATE] = norm.normalize("state", s[T.STATE])  # (s,)
+        s = self.sources[m][local]
         slots = self.slots[m]
         image_mask = torch.zeros(len(self.camera_names), dtype=torch.bool)
         image_mask[slots] = True

@@ -1,13 +1,11 @@
 from collections import Counter
 
-import torch
 from torch.utils.data import DataLoader
 
 from data_pipelines.collate import collate
 from data_pipelines.feature_map import FeatureMapConfig
 from data_pipelines.lerobot_source import LeRobotSourceConfig
 from data_pipelines.mixture import MixtureConfig, MixtureMemberConfig
-from data_pipelines.stats import compute_stats, save_stats
 from vla.train.data import NumberedDataset
 from vla.train.sampler import ShardedStepSampler
 
@@ -41,21 +39,6 @@ def test_max_layout_packs_cameras(three_cam_dataset, metaworld_layout_dataset):
     mix = MixtureConfig(members(three_cam_dataset, metaworld_layout_dataset), camera_layout="max").build()
     s = mix[100]
     assert s["images"].shape == (3, 3, 32, 32) and s["image_mask"].tolist() == [True, True, False]
-
-
-def test_per_member_normalization(three_cam_dataset, metaworld_layout_dataset, copy_dataset):
-    roots = [copy_dataset(three_cam_dataset, "a"), copy_dataset(metaworld_layout_dataset, "b")]
-    for r in roots:
-        save_stats(compute_stats(r), r / "meta" / "stats.json")
-    cfg = MixtureConfig(members(*roots), normalize=True)
-    mix = cfg.build()
-    raw = MixtureConfig(members(*roots)).build()
-    stats = compute_stats(roots[1])
-    mean = torch.tensor(stats["action"]["mean"], dtype=torch.float32)
-    std = torch.tensor(stats["action"]["std"], dtype=torch.float32)
-    got, want = mix[90], raw[90]
-    torch.testing.assert_close(got["actions"][:, :4], (want["actions"][:, :4] - mean) / std)
-    assert (got["actions"][:, 4:] == 0).all()
 
 
 def test_training_sampler_draws_members_by_weight_and_shards(three_cam_dataset, metaworld_layout_dataset):
