@@ -217,3 +217,19 @@ def test_the_sampler_numbers_its_draws_independently_of_the_split():
     assert one == interleaved == accumulated and [d.number for d in one] == list(range(24))
     weighted = list(ShardedStepSampler(3, 8, 2, weights=torch.ones(3)))  # 16 draws of 3 frames
     assert len({d.number for d in weighted}) == 16 > len({d.index for d in weighted})
+
+
+def test_episodes_select_from_the_primary_dataset_only(metaworld_layout_dataset, three_cam_dataset):
+    full = build_training_data(
+        DatasetConfig(root=str(metaworld_layout_dataset), mixture=[str(three_cam_dataset)]),
+        _policy_cfg(),
+        AugmentConfig(enabled=False),
+    )
+    subset = build_training_data(
+        DatasetConfig(root=str(metaworld_layout_dataset), mixture=[str(three_cam_dataset)], episodes=[1]),
+        _policy_cfg(),
+        AugmentConfig(enabled=False),
+    )
+    primary, member = (len(s) for s in full.dataset.sources)
+    assert [len(s) for s in subset.dataset.sources] == [20, member]  # episode 1 of (24, 20) frames; all of the other
+    assert primary == 44

@@ -28,7 +28,7 @@ class DatasetConfig:
     mixture: list[str] = field(default_factory=list)
     weight: float = 1.0  # sampling weight of `root` within a mixture
     camera_layout: str = "union"  # mixtures: "union" of camera names, or "max" (slots by position)
-    episodes: list[int] | None = None  # a subset of episode indices (default: all)
+    episodes: list[int] | None = None  # a subset of dataset.root's episodes (default: all; mixture members: all)
     image_size: int | None = None  # resize on load (None: keep; the backbone resizes anyway)
     cache: bool = False  # decode every sample once into memory (small datasets: removes the decoding bottleneck)
     cache_max_gb: float = 8.0

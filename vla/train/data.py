@@ -83,7 +83,9 @@ class NumberedDataset(torch.utils.data.Dataset):
         return {**self.dataset[index], T.SAMPLE_NUMBER: number}
 
 
-def _source(root: str | None, repo_id: str | None, dcfg, chunk: int) -> LeRobotSource:
+def _source(root: str | None, repo_id: str | None, dcfg, chunk: int, primary: bool = True) -> LeRobotSource:
+    """``dataset.episodes`` selects episodes of the primary dataset (``dataset.root``) only: the other
+    members of a mixture are other datasets, whose episode numbers mean something else."""
     fmap = FeatureMapConfig(
         camera_keys=list(dcfg.cameras or []),
         state=dcfg.state_key,
@@ -96,7 +98,7 @@ def _source(root: str | None, repo_id: str | None, dcfg, chunk: int) -> LeRobotS
             f"--episodes-per-task 5 --out {root}` or point dataset.root at a LeRobot v3 dataset."
         )
     return LeRobotSourceConfig(
-        root=root, repo_id=repo_id, chunk=chunk, episodes=dcfg.episodes, feature_map=fmap
+        root=root, repo_id=repo_id, chunk=chunk, episodes=dcfg.episodes if primary else None, feature_map=fmap
     ).build()
 
 
@@ -109,7 +111,7 @@ def build_training_data(dcfg, pcfg, acfg, seed: int = 0) -> TrainingData:
         from data_pipelines.mixture import MixtureDataset
 
         members = [(dcfg.root, dcfg.weight)] + [_parse_member(m) for m in dcfg.mixture]
-        sources = [_source(r, None, dcfg, pcfg.chunk_size) for r, _ in members]
+        sources = [_source(r, None, dcfg, pcfg.chunk_size, primary=i == 0) for i, (r, _) in enumerate(members)]
         mix = MixtureDataset(sources, [w for _, w in members], camera_layout=dcfg.camera_layout)
         # Each member keeps its own statistics; the policy normalizes each sample with its member's
         # (by dataset_index) and serves the primary member's robot (dataset.root) by default.
