@@ -49,6 +49,13 @@ def test_n_ranks_at_batch_b_see_what_one_rank_at_batch_nb_sees(kind):
     assert sampler.global_batch(7).tolist() == one[7]  # every rank can name the whole micro-step
 
 
+@pytest.mark.parametrize("kind", ["uniform", "per_dataset", "per_sample"])
+def test_accumulated_micro_steps_see_what_one_large_batch_sees(kind):
+    """Batch 2 over 3 accumulated micro-steps draws the stream batch 6 draws, for weighted sampling too."""
+    large = indices(ShardedStepSampler(N, 6, 20, seed=4, weights=weights_for(kind)))
+    assert indices(ShardedStepSampler(N, 2, 60, seed=4, weights=weights_for(kind))) == large
+
+
 def test_without_weights_every_epoch_is_a_permutation():
     order = indices(ShardedStepSampler(N, 4, 28, seed=1))  # 112 draws: three whole epochs and a part
     epochs = [order[i : i + N] for i in range(0, 3 * N, N)]

@@ -12,10 +12,12 @@ batch from (seed, s) alone, so:
 - a run resumed at micro-step k draws exactly what the uninterrupted run drew from k on
   (nothing repeated, nothing skipped), with no sampler state to checkpoint beyond the step.
 
-Without weights the index stream is a concatenation of permutations (epoch e shuffled by a
-generator seeded from seed and e): every frame once per epoch. With weights (``SampleWeights``:
-a mixture's per-dataset weights, or per-frame weights) each global batch is drawn with
-replacement, from a generator keyed by (seed, s), in two stages: a dataset by its weight, then
+Either way the index stream is a function of the seed alone, cut into global batches: so also
+batch B accumulated over k micro-steps sees what batch k*B sees. Without weights it is a
+concatenation of permutations (epoch e shuffled by a generator seeded from seed and e): every
+frame once per epoch. With weights (``SampleWeights``: a mixture's per-dataset weights, or
+per-frame weights) it is a concatenation of blocks of ``DRAW_BLOCK`` draws with replacement
+(block b from a generator keyed by (seed, b)), each in two stages: a dataset by its weight, then
 one of its frames (uniformly, or by its per-frame weights through their running sum). That
 scales to any number of frames, where one ``torch.multinomial`` over all frames stops at 2**24
 (DROID alone has 27 M), and a mixture of uniformly drawn datasets needs no per-frame vector.
@@ -30,6 +32,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torch.utils.data import Sampler
+
+DRAW_BLOCK = 1 << 16  # weighted draws per block of the stream (0.5 MB of indices; a 100 M-frame search is ms)
 
 
 class Draw(NamedTuple):
@@ -118,13 +122,13 @@ def _running_sum(k: int, weights: torch.Tensor, size: int) -> torch.Tensor:
     return cum
 
 
-def _step_generator(seed: int, micro_step: int) -> torch.Generator:
-    """The generator of one micro-step's weighted draws.
+def _block_generator(seed: int, block: int) -> torch.Generator:
+    """The generator of one block of weighted draws.
 
-    numpy's ``SeedSequence`` hashes (seed, step) into a well-mixed seed, so neighbouring steps get
-    unrelated streams and no (seed, step) pair collides with another as a linear mix would.
+    numpy's ``SeedSequence`` hashes (seed, block) into a well-mixed seed, so neighbouring blocks get
+    unrelated streams and no (seed, block) pair collides with another as a linear mix would.
     """
-    state = np.random.SeedSequence([seed, micro_step]).generate_state(1, np.uint64)[0]
+    state = np.random.SeedSequence([seed, block]).generate_state(1, np.uint64)[0]
     return torch.Generator().manual_seed(int(state))
 
 
@@ -164,7 +168,7 @@ class ShardedStepSampler(Sampler[Draw]):
         self.seed, self.rank, self.world = seed, rank, world_size
         self.start = start_micro_step
         self.weights = weights
-        self._epoch_order: tuple[int, torch.Tensor] | None = None  # the last epoch's permutation
+        self._last_block: tuple[int, torch.Tensor] | None = None  # the last epoch's permutation, or draw block
 
     @property
     def global_batch_size(self) -> int:
@@ -172,25 +176,29 @@ class ShardedStepSampler(Sampler[Draw]):
 
     def global_batch(self, micro_step: int) -> torch.Tensor:
         """Dataset indices of one micro-step over all ranks, (G,) int64; rank r's are [r*B, (r+1)*B)."""
-        if self.weights is not None:
-            return self.weights.draw(self.global_batch_size, _step_generator(self.seed, micro_step))
+        period = self.n if self.weights is None else DRAW_BLOCK  # an epoch, or a block of weighted draws
         start = micro_step * self.global_batch_size
         end = start + self.global_batch_size
         parts, pos = [], start
-        while pos < end:  # a global batch may straddle epochs (or span several of a tiny dataset)
-            epoch, offset = divmod(pos, self.n)
-            take = min(self.n - offset, end - pos)
-            parts.append(self._permutation(epoch)[offset : offset + take])
+        while pos < end:  # a global batch may straddle blocks (or span several epochs of a tiny dataset)
+            block, offset = divmod(pos, period)
+            take = min(period - offset, end - pos)
+            parts.append(self._block(block)[offset : offset + take])
             pos += take
         return torch.cat(parts).long()
 
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        """All frames in epoch ``epoch``'s order; the last epoch is kept, consecutive steps share it."""
-        if self._epoch_order is None or self._epoch_order[0] != epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            dtype = torch.int32 if self.n < 2**31 else torch.int64  # int32: 0.4 GB at 100 M frames
-            self._epoch_order = (epoch, torch.randperm(self.n, generator=g, dtype=dtype))
-        return self._epoch_order[1]
+    def _block(self, block: int) -> torch.Tensor:
+        """Epoch ``block``'s permutation of all frames, or weighted draw block ``block``; the last one is
+        kept, consecutive steps share it."""
+        if self._last_block is None or self._last_block[0] != block:
+            if self.weights is None:
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + block)
+                dtype = torch.int32 if self.n < 2**31 else torch.int64  # int32: 0.4 GB at 100 M frames
+                order = torch.randperm(self.n, generator=g, dtype=dtype)
+            else:
+                order = self.weights.draw(DRAW_BLOCK, _block_generator(self.seed, block))
+            self._last_block = (block, order)
+        return self._last_block[1]
 
     def __iter__(self) -> Iterator[Draw]:
         lo, hi = self.rank * self.b, (self.rank + 1) * self.b
