@@ -60,7 +60,7 @@ class Trainer:
         acc = self.accelerator
         # The same seed on every rank: the model initializes identically everywhere. Nothing per-sample
         # comes from this global RNG: each sample's augmentation, noise and time come from its own
-        # generator, keyed by (seed, step, sample index) in TrainingData.to_device.
+        # generator, keyed by (seed, step, sample number) in TrainingData.to_device.
         set_seed(cfg.train.seed, device_specific=False)
         self.is_main = acc.is_main_process
         self.data: TrainingData = build_training_data(cfg.dataset, cfg.policy, cfg.augment, seed=cfg.train.seed)
@@ -86,6 +86,9 @@ class Trainer:
             report = self.policy.head.fit_tokenizer(chunks, normalization=self.policy.config.action_norm)
             if self.is_main:
                 print(f"fitted the FAST tokenizer on the dataset: {report}", flush=True)
+        # From here on the global RNG differs per rank: what still draws from it in training (dropout, in a
+        # backbone that has it) must not drop the same units on every rank.
+        set_seed(cfg.train.seed, device_specific=True)
         self.unused = []
         if acc.distributed_type.name in ("MULTI_GPU", "MULTI_CPU"):
             self.unused = freeze_unused_parameters(self.policy, self.data, acc.device)
