@@ -243,8 +243,40 @@ class MetaWorldEnv(SuiteEnv):
         """MetaWorld's (39,) observation without rendering: what the scripted experts read."""
         return self._obs39.astype(np.float32)
 
+    @property
+    def sim(self):
+        """The MetaWorld env underneath (MuJoCo ``model`` and ``data``, goal and object positions), for tools
+        that inspect the scene (eval/observability.py); policies and experts never read it."""
+        return self._env
+
+    def render_camera(self, camera: str) -> np.ndarray:
+        """One camera's upright (H, W, 3) uint8 frame of the current state, as in the observation."""
+        return self._camera_renderer().render(self._env.data, self._mujoco_camera(camera))
+
+    def segment_camera(self, camera: str) -> np.ndarray:
+        """(H, W, 2) ``(objid, objtype)`` of each pixel of :meth:`render_camera`'s frame (see CameraRenderer)."""
+        return self._camera_renderer().segment(self._env.data, self._mujoco_camera(camera))
+
+    def drawn_in_camera(self, camera: str) -> set[tuple[int, int]]:
+        """``(objtype, objid)`` of everything the camera's scene draws (hidden groups and alpha 0 are not)."""
+        return self._camera_renderer().drawn(self._env.data, self._mujoco_camera(camera))
+
+    def project_to_camera(self, camera: str, point: np.ndarray) -> tuple[float, float, float]:
+        """``(row, col, depth)`` of a world point in :meth:`render_camera`'s upright frame."""
+        return self._camera_renderer().project(self._env.data, self._mujoco_camera(camera), point)
+
+    def _mujoco_camera(self, camera: str) -> str:
+        if camera not in self.cameras:
+            raise KeyError(f"camera {camera!r} is not rendered by this env; its cameras: {', '.join(self.cameras)}")
+        return CAMERAS[camera][0]
+
+    def _camera_renderer(self) -> CameraRenderer:
+        if self._renderer is None:
+            raise RuntimeError(f"task {self.task.name!r}: this env renders no cameras (made with cameras=())")
+        return self._renderer
+
     def render_obs(self) -> Observation:
-        images = {c: self._renderer.render(self._env.data, CAMERAS[c][0]) for c in self.cameras}
+        images = {c: self.render_camera(c) for c in self.cameras}
         env_state = self.env_state()
         return {
             "images": images,  # {cam: (Hi, Wi, 3) uint8}

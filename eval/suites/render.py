@@ -58,7 +58,57 @@ class CameraRenderer:
     def render(self, data: mujoco.MjData, camera: str) -> np.ndarray:
         """Return the camera's current view as an (H, W, 3) uint8 array, upright."""
         self._renderer.update_scene(data, camera=camera)
-        frame = self._renderer.render()  # (H, W, 3) uint8, a fresh array
+        return self._upright(self._renderer.render(), camera)  # (H, W, 3) uint8, a fresh array
+
+    def segment(self, data: mujoco.MjData, camera: str) -> np.ndarray:
+        """What each pixel of :meth:`render`'s frame shows: (H, W, 2) int32 ``(objid, objtype)``, upright.
+
+        ``objtype`` is a ``mujoco.mjtObj`` (geoms and sites are drawn); background is ``(-1, -1)``. Same
+        scene and options as :meth:`render`, so an object counts here exactly when the RGB frame draws it.
+        """
+        self._renderer.update_scene(data, camera=camera)
+        self._renderer.enable_segmentation_rendering()
+        try:
+            return self._upright(self._renderer.render(), camera)
+        finally:
+            self._renderer.disable_segmentation_rendering()
+
+    def drawn(self, data: mujoco.MjData, camera: str) -> set[tuple[int, int]]:
+        """``(objtype, objid)`` of everything the scene draws for ``camera``, in view or not.
+
+        MuJoCo leaves out of the scene what the render options hide (a geom or site group that is off) and
+        what is fully transparent (rgba alpha 0), so this is what :meth:`render` can show at all.
+        """
+        self._renderer.update_scene(data, camera=camera)
+        scene = self._renderer.scene
+        return {(int(g.objtype), int(g.objid)) for g in scene.geoms[: scene.ngeom]}
+
+    def project(self, data: mujoco.MjData, camera: str, point: np.ndarray) -> tuple[float, float, float]:
+        """Where the 3-D world ``point`` falls in :meth:`render`'s upright frame: ``(row, col, depth)``.
+
+        ``row``/``col`` are continuous pixel coordinates (pixel ``(i, j)`` spans ``[i, i+1) x [j, j+1)``);
+        ``depth`` is the distance along the camera's viewing axis, negative behind the camera. Pinhole
+        model of a MuJoCo camera given by its vertical field of view (``fovy``); cameras given by sensor
+        intrinsics are refused rather than projected wrongly.
+        """
+        model = self._renderer.model
+        cam = model.camera(camera).id
+        if model.cam_sensorsize[cam].any():
+            raise ValueError(f"camera {camera!r} is defined by sensor intrinsics; project() handles fovy cameras")
+        # MuJoCo camera frame: x right, y up, looking along -z.
+        local = data.cam_xmat[cam].reshape(3, 3).T @ (np.asarray(point, dtype=np.float64) - data.cam_xpos[cam])
+        depth = -local[2]
+        focal = 0.5 * self.height / np.tan(np.deg2rad(model.cam_fovy[cam]) / 2)
+        row = self.height / 2 - focal * local[1] / depth
+        col = self.width / 2 + focal * local[0] / depth
+        axes = self._flips.get(camera, ())
+        if 0 in axes:
+            row = self.height - row
+        if 1 in axes:
+            col = self.width - col
+        return float(row), float(col), float(depth)
+
+    def _upright(self, frame: np.ndarray, camera: str) -> np.ndarray:
         axes = self._flips.get(camera)
         if axes:
             frame = np.ascontiguousarray(np.flip(frame, axis=axes))

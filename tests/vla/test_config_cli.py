@@ -63,7 +63,9 @@ def test_contract_command_line_parses():
     assert (cfg.policy.backbone.type, cfg.policy.backbone.preset, cfg.policy.head.type) == ("paligemma", "tiny", "bins")
 
 
-@pytest.mark.parametrize("sub", ["", "data", "train", "eval", "eval-sweep", "serve", "bench", "export"])
+@pytest.mark.parametrize(
+    "sub", ["", "data", "train", "eval", "eval-sweep", "observability", "serve", "bench", "export"]
+)
 def test_every_subcommand_has_help(sub):
     args = [sys.executable, "-m", "vla"] + ([sub] if sub else []) + ["--help"]
     r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -24,6 +24,7 @@ SUBCOMMANDS = {
     "import": "vla.cli.import_cmd",
     "eval": "vla.cli.eval",
     "eval-sweep": "vla.cli.eval_sweep",
+    "observability": "vla.cli.observability",
     "serve": "vla.cli.serve",
     "bench": "vla.cli.bench",
 }
@@ -35,6 +36,7 @@ SUMMARIES = {
     "import": "read a LeRobot pi0, pi0.5 or SmolVLA checkpoint into ours",
     "eval": "score a checkpoint (or a reference policy) on a simulated suite, or open loop on recorded episodes",
     "eval-sweep": "evaluate every checkpoint of a training run and name the best",
+    "observability": "whether each MetaWorld task's objects and goal are visible in the cameras (frames, pixel counts)",
     "serve": "serve a policy over websockets (openpi-compatible protocol)",
     "bench": "benchmarks with JSON output: data, train, infer, eval, serve",
 }
