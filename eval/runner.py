@@ -184,7 +184,7 @@ class ModelChunker:
         self.policy, self.n, self.device = policy, n_action_steps, device
         cfg = policy.config
         self.cameras = list(cfg.cameras)
-        self.state_key = "env_state" if cfg.state_key == "observation.environment_state" else "state"
+        self.state_key = "env_state" if cfg.privileged_state else "state"
 
     def __call__(self, items: list[NeedsChunk]) -> list[np.ndarray]:
         import torch

@@ -43,10 +43,10 @@ def generate_data(out: Path, episodes_per_task: int, image_size: int) -> dict:
     return report
 
 
-def train(out: Path, data: Path, steps: int, batch_size: int, gpu: bool) -> dict:
+def train_config(out: Path, data: Path, steps: int, batch_size: int, gpu: bool):
+    """The demo's training recipe: configs/experiments/demo_cpu.yaml with the run's sizes."""
     from vla.config import parse_config
     from vla.train.config import TrainConfig
-    from vla.train.trainer import run_training
 
     args = [
         "--config",
@@ -58,8 +58,15 @@ def train(out: Path, data: Path, steps: int, batch_size: int, gpu: bool) -> dict
     ]
     if gpu:
         args += ["--train.mixed_precision=bf16"]  # the dataset is decoded into memory: no loader workers
+    return parse_config(TrainConfig, args)
+
+
+def train(out: Path, data: Path, steps: int, batch_size: int, gpu: bool) -> dict:
+    from vla.train.trainer import run_training
+
+    cfg = train_config(out, data, steps, batch_size, gpu)
     shutil.rmtree(out, ignore_errors=True)
-    return run_training(parse_config(TrainConfig, args))
+    return run_training(cfg)
 
 
 def evaluate(
@@ -86,6 +93,13 @@ def evaluate(
         device=device,
     )
     return run_eval(cfg)
+
+
+def policy_inputs(checkpoint: Path) -> str:
+    """What the trained policy reads, from its own saved config (not from the recipe)."""
+    from vla.models.policy import Policy
+
+    return Policy.load_config(checkpoint).inputs_description()
 
 
 def serve_check(checkpoint: Path) -> dict:
@@ -183,11 +197,9 @@ per task from the suite's fixed evaluation init states (disjoint from the demons
 The trained policy {"clearly beats" if trained["average_success"] > random_["average_success"] + 0.2 else "does not clearly beat"}
 the random policy on the same episodes.
 
-**Privileged inputs.** To learn within a CPU budget, this recipe gives the policy MetaWorld's
-39-dim observation (gripper, object and goal positions) as its state
-(`dataset.state_key=observation.environment_state`). The two camera images (third-person
-`image` and gripper `wrist`) and the instruction still go through the VLM (a tiny SmolVLM
-architecture with random initial weights: nothing is downloaded).
+**Inputs.** The policy sees {ctx["inputs"]}, nothing else: it must find the objects in the images.
+The images and the instruction go through the VLM (a tiny SmolVLM architecture with random initial
+weights: nothing is downloaded).
 
 ## Training
 
@@ -255,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     banner(f"2/5 training a tiny VLA ({steps} steps{', GPU recipe' if gpu else ''})")
     ctx["train"] = timed("train", train, paths["train"], paths["data"], steps, 256 if gpu else 16, gpu)
     ckpt = paths["train"] / "checkpoints" / "last"
+    ctx["inputs"] = policy_inputs(ckpt)
+    print(f"the policy sees {ctx['inputs']}")
     banner(f"3/5 evaluating on mw-easy ({eval_episodes} episodes per task): trained policy, then random")
     ctx["eval_policy"] = timed(
         "eval policy", evaluate, paths["eval_policy"], ckpt, None, eval_episodes, num_envs, 1, device

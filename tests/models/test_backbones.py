@@ -332,3 +332,21 @@ def test_a_preset_of_another_family_keeps_every_option():
     resolved = resolve_backbone_config(cfg)
     assert resolved.type == "paligemma" and resolved.preset == "tiny"
     assert (resolved.dtype, resolved.image_size, resolved.max_text_tokens) == ("bfloat16", 64, 12)
+
+
+def test_smolvlm_preset_patch_and_image_size_reshape_the_vision_tower():
+    """A from-scratch preset can trade speed for finer image tokens: patch 4 at 64 px gives 64 tokens per camera
+    (8 gives 16), and image_size 128 keeps patch 8 with 64 tokens; shapes that do not tile are refused."""
+    from vla.models.backbones.smolvlm import SmolVLMBackboneConfig
+
+    def tokens(**kw) -> int:
+        b = SmolVLMBackboneConfig(preset="tiny", **kw).build(state_dim=4, num_cameras=1)
+        return sum(i == b.image_token_id for i in b.camera_ids), b.image_size
+
+    assert tokens() == (16, 64)
+    assert tokens(patch_size=4) == (64, 64)
+    assert tokens(image_size=128) == (64, 128)
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        tokens(patch_size=6)
+    with pytest.raises(ValueError, match="patch_size"):
+        SmolVLMBackboneConfig(pretrained="some/hub-id", patch_size=4).build(state_dim=4, num_cameras=1)

@@ -11,6 +11,28 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+RECIPES = sorted((REPO / "configs" / "experiments").glob("*.yaml"))
+
+
+def test_demo_recipe_reads_no_privileged_state(tmp_path):
+    """`make demo` learns from cameras, instruction and proprioception: the config it trains with,
+    built exactly as the demo builds it, must not read the simulator's object and goal positions."""
+    from lerobot.utils.constants import OBS_ENV_STATE
+
+    from scripts.demo import train_config
+
+    for gpu in (False, True):
+        cfg = train_config(tmp_path / "train", tmp_path / "data", steps=10, batch_size=2, gpu=gpu)
+        assert cfg.dataset.state_key != OBS_ENV_STATE
+        assert not any(OBS_ENV_STATE in m for m in cfg.dataset.mixture)
+
+
+@pytest.mark.parametrize("recipe", [r for r in RECIPES if not r.stem.endswith("_privileged")], ids=lambda p: p.stem)
+def test_only_recipes_named_privileged_read_privileged_state(recipe):
+    """Privileged inputs are allowed only in baselines whose name says so (``*_privileged.yaml``)."""
+    from lerobot.utils.constants import OBS_ENV_STATE
+
+    assert OBS_ENV_STATE not in recipe.read_text(), f"{recipe.name} reads {OBS_ENV_STATE}: name it *_privileged.yaml"
 
 
 @pytest.mark.slow
@@ -26,7 +48,8 @@ def test_demo_pipeline_small(tmp_path):
     for stage in ("1/5", "2/5", "3/5", "4/5", "5/5"):
         assert f"=== {stage}" in r.stdout
     report = (out / "report.md").read_text()
-    assert "random" in report and "privileged" in report.lower()
+    assert "random" in report and "privileged" not in report.lower()
+    assert "`observation.state` (4 dims: proprioception)" in report  # the inputs, read from the checkpoint
     assert (out / "train" / "loss_curve.png").stat().st_size > 0
     policy = json.loads((out / "eval_policy" / "results.json").read_text())
     random = json.loads((out / "eval_random" / "results.json").read_text())

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from lerobot.utils.constants import OBS_ENV_STATE
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -117,6 +118,23 @@ class PolicyConfig:
         ):
             if width and dim > width:
                 raise ValueError(f"policy.max_{name}_dim={width} is smaller than the dataset's {name} width {dim}")
+
+    @property
+    def privileged_state(self) -> bool:
+        """Whether the state is the simulator's privileged one (LeRobot's ``observation.environment_state``:
+        object and goal positions), which a robot with cameras and proprioception does not have."""
+        return self.state_key == OBS_ENV_STATE
+
+    def inputs_description(self) -> str:
+        """What the policy sees, in words, for reports: a published result must say it."""
+        cams = ", ".join(f"`{c}`" for c in self.cameras)
+        size = f" at {self.image_size} px" if self.image_size else ""
+        kind = (
+            "**privileged** simulator state (object and goal positions; no real robot has it)"
+            if self.privileged_state
+            else "proprioception"
+        )
+        return f"cameras {cams}{size}, the instruction, and `{self.state_key}` ({self.state_dim} dims: {kind})"
 
     @property
     def model_state_dim(self) -> int:

@@ -121,8 +121,15 @@ class SmolVLMBackboneConfig(VLMConfig):
     """
 
     image_special_tokens: bool = True
+    # A preset built from scratch: the vision tower's patch side (smaller: more image tokens, finer
+    # positions; the tiny preset's 8 gives 16 tokens per 64 px camera, 4 gives 64). Not for real weights.
+    patch_size: int | None = None
 
     def build(self, state_dim: int, num_cameras: int, architecture: str | None = None) -> SmolVLMBackbone:
+        if self.patch_size and self.pretrained:
+            raise ValueError(
+                "policy.backbone.patch_size reshapes a preset built from scratch; pretrained weights fix it"
+            )
         if architecture or self.pretrained:
             # reloaded, the processor would pick the PIL backend, whose LANCZOS pixels differ by up to 0.23;
             # the torchvision backend keeps them identical to a fresh processor's
@@ -133,6 +140,14 @@ class SmolVLMBackboneConfig(VLMConfig):
             if self.preset not in PRESETS:
                 raise KeyError(f"unknown smolvlm preset {self.preset!r}; known: {sorted(PRESETS)}")
             dims = dict(PRESETS[self.preset])
+            dims["image_size"] = self.image_size or dims["image_size"]
+            dims["patch_size"] = self.patch_size or dims["patch_size"]
+            grid = dims["image_size"] // dims["patch_size"]
+            if dims["image_size"] % dims["patch_size"] or grid % dims["scale_factor"]:
+                raise ValueError(
+                    f"smolvlm preset {self.preset!r}: image_size {dims['image_size']} must be a multiple of "
+                    f"patch_size {dims['patch_size']} times scale_factor {dims['scale_factor']}"
+                )
             processor = smolvlm_processor(dims["image_size"], dims["patch_size"], dims["scale_factor"])
             dims["vocab_size"] = max(dims["vocab_size"], len(processor.tokenizer))
             config = smolvlm_model_config(
