@@ -2,6 +2,7 @@
 
     vla eval --checkpoint CKPT --suite mw10 --episodes-per-task 50 --num-envs 4 --out DIR
     vla eval --policy oracle --suite mw-easy --episodes-per-task 5 --out DIR
+    vla eval --policy lerobot:DIR --suite mw-easy --episodes-per-task 10 --out DIR   # LeRobot's own policies
 
 Design, and why:
 
@@ -45,6 +46,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from eval import report
+from eval.lerobot_policy import LEROBOT_PREFIX, evaluate_lerobot, is_lerobot_policy
 from eval.reference_policies import REFERENCE_POLICIES, ReferencePolicy
 from eval.suites import Suite, SuiteConfig, get_suite
 from eval.vector_env import EpisodeResult, EpisodeSpec, NeedsChunk, make_vector_env
@@ -68,7 +70,7 @@ class ChunkSource(Protocol):
 class EvalConfig:
     suite: str = "mw-easy"  # registered suite name (mw-easy, mw10, mw50, libero_spatial, ...)
     checkpoint: str | None = None  # policy checkpoint dir; or one of:
-    policy: str | None = None  # reference policy: oracle | random
+    policy: str | None = None  # reference policy: oracle | random; or lerobot:DIR (eval/lerobot_policy.py)
     server: str | None = None  # ws://HOST:PORT of a running `vla serve`
     api_key: str | None = None  # the server's API key, if it wants one
     episodes_per_task: int = 10
@@ -95,8 +97,11 @@ class EvalConfig:
         given = [k for k in ("checkpoint", "policy", "server") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError(f"give exactly one of --checkpoint, --policy, --server; got {given or 'none'}")
-        if self.policy and self.policy not in REFERENCE_POLICIES:
-            raise ValueError(f"--policy {self.policy!r}: known reference policies: {', '.join(REFERENCE_POLICIES)}")
+        if self.policy and self.policy not in REFERENCE_POLICIES and not is_lerobot_policy(self.policy):
+            raise ValueError(
+                f"--policy {self.policy!r}: known reference policies: {', '.join(REFERENCE_POLICIES)}; "
+                f"or {LEROBOT_PREFIX}DIR for a LeRobot policy"
+            )
         for k in ("episodes_per_task", "num_envs", "num_shards"):
             if getattr(self, k) < 1:
                 raise ValueError(f"--{k.replace('_', '-')} must be >= 1; got {getattr(self, k)}")
@@ -200,8 +205,7 @@ class ModelChunker:
         imgs = np.stack([np.stack([it.obs["images"][c] for c in self.cameras]) for it in items])  # (B, N, H, W, 3)
         images = rearrange(torch.from_numpy(imgs), "b n h w c -> b n c h w").to(self.device)  # uint8
         state = torch.from_numpy(np.stack([it.obs[self.state_key] for it in items])).float().to(self.device)  # (B, S)
-        # One seed per episode and step: a chunk does not depend on which envs share its batch (--num-envs).
-        seeds = [int(np.random.SeedSequence([it.spec.seed, it.step]).generate_state(1)[0]) for it in items]
+        seeds = [it.seed for it in items]
         obs = {"images": images, "state": state, "instruction": [it.obs["instruction"] for it in items]}
         chunk = self.policy.predict_chunk(obs, seed=seeds)  # (B, H, D) raw units
         return list(chunk.float().cpu().numpy())  # sync point: once per batch
@@ -238,7 +242,7 @@ class ServerChunker:
         obs = {f"observation.images.{c}": img for c, img in it.obs["images"].items()}
         obs["observation.state"] = np.asarray(it.obs["state"], dtype=np.float32)
         obs["prompt"] = it.obs["instruction"]
-        obs["seed"] = int(np.random.SeedSequence([it.spec.seed, it.step]).generate_state(1)[0])
+        obs["seed"] = it.seed
         return np.asarray(client.infer(obs)["actions"])  # (H, D)
 
     def __call__(self, items: list[NeedsChunk]) -> list[np.ndarray]:
@@ -433,12 +437,22 @@ def evaluate_policy(policy, suite_name: str, episodes_per_task: int, out_dir: st
     return _evaluate_model(cfg, policy, digest)
 
 
+def render_as_trained(
+    cfg: EvalConfig, cameras: list[str], image_size: int | None
+) -> tuple[EvalConfig, list[str] | None]:
+    """Render only the cameras a policy reads, at the resolution it trained on (unless --image-size says
+    otherwise), where the suite lets both be chosen: the run's config and the cameras for ``run_evaluation``."""
+    suite_fields = {f.name for f in dataclasses.fields(lookup(SuiteConfig, cfg.suite, "suite"))}
+    if cfg.image_size is None and image_size and "image_size" in suite_fields:
+        cfg = dataclasses.replace(cfg, image_size=image_size)
+    return cfg, (cameras if "cameras" in suite_fields else None)
+
+
 def _evaluate_model(cfg: EvalConfig, policy, digest: str) -> dict:
     pc = policy.config
     n = cfg.n_action_steps or pc.n_action_steps
     if not 1 <= n <= pc.chunk_size:
         raise ValueError(f"n_action_steps={n} must be in [1, chunk_size={pc.chunk_size}]")
-    suite_cfg_cls = lookup(SuiteConfig, cfg.suite, "suite")
     info = {
         "name": cfg.checkpoint,
         "kind": "checkpoint",
@@ -450,19 +464,17 @@ def _evaluate_model(cfg: EvalConfig, policy, digest: str) -> dict:
     }
     if pc.temporal_ensemble_coeff is not None:  # recorded only when set: earlier protocols stay resumable
         info["temporal_ensemble_coeff"] = pc.temporal_ensemble_coeff
-    suite_fields = {f.name for f in dataclasses.fields(suite_cfg_cls)}
-    # render only the cameras the policy reads, at the resolution it trained on (unless --image-size says otherwise)
-    cams = list(pc.cameras) if "cameras" in suite_fields else None
-    if cfg.image_size is None and pc.image_size and "image_size" in suite_fields:
-        cfg = dataclasses.replace(cfg, image_size=pc.image_size)
+    cfg, cams = render_as_trained(cfg, list(pc.cameras), pc.image_size)
     return run_evaluation(
         cfg, ModelChunker(policy, n, next(policy.parameters()).device), None, info, cams, action_dim=pc.action_dim
     )
 
 
 def evaluate(cfg: EvalConfig) -> dict:
-    """``vla eval``: a checkpoint, a reference policy or a policy server."""
+    """``vla eval``: a checkpoint, a reference policy, a LeRobot policy or a policy server."""
     cfg.validate()
+    if is_lerobot_policy(cfg.policy):
+        return evaluate_lerobot(cfg)
     if cfg.policy:
         info = {"name": cfg.policy, "kind": "reference", "n_action_steps": 1}
         return run_evaluation(cfg, None, ReferencePolicy(cfg.policy), info)

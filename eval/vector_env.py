@@ -55,6 +55,12 @@ class NeedsChunk:
     obs: Observation
     step: int  # steps taken so far in the episode
 
+    @property
+    def seed(self) -> int:
+        """Seeds the policy's sampling for this chunk: one per (episode seed, step), so a chunk does not depend
+        on which envs share its batch (``--num-envs``)."""
+        return int(np.random.SeedSequence([self.spec.seed, self.step]).generate_state(1)[0])
+
 
 Reply = NeedsChunk | EpisodeResult
 

@@ -49,12 +49,16 @@ def write_dataset(
     seed: int = 0,
     use_videos: bool = True,
     fps: int = 10,
+    extra: dict[str, tuple[int, ...]] | None = None,
 ) -> Path:
+    """``extra``: further float features (key -> shape), filled with Gaussian noise."""
     rng = np.random.default_rng(seed)
-    feats = make_features(cameras, state_dim, action_dim, use_videos=use_videos)
+    feats = make_features(cameras, state_dim, action_dim, extra=extra, use_videos=use_videos)
     with DatasetWriter(out, fps=fps, features=feats, robot_type="synthetic", use_videos=use_videos) as w:
         for i, n in enumerate(lengths):
-            w.add_episode(synthetic_episode(rng, n, cameras, state_dim, action_dim), task=tasks[i % len(tasks)])
+            frames = synthetic_episode(rng, n, cameras, state_dim, action_dim)
+            frames |= {k: rng.normal(size=(n, *shape)).astype(np.float32) for k, shape in (extra or {}).items()}
+            w.add_episode(frames, task=tasks[i % len(tasks)])
     return out
 
 
@@ -70,6 +74,16 @@ def metaworld_layout_dataset(tmp_path_factory) -> Path:
     """The MetaWorld layout: 2 cameras stored as images in parquet, 4-dim state and action."""
     out = tmp_path_factory.mktemp("ds") / "mw"
     return write_dataset(out, MW_CAMS, 4, 4, [24, 20], ["reach the goal"], seed=2, use_videos=False)
+
+
+@pytest.fixture(scope="session")
+def metaworld_env_state_dataset(tmp_path_factory) -> Path:
+    """The MetaWorld layout with MetaWorld's privileged 39-dim observation.environment_state beside the state."""
+    out = tmp_path_factory.mktemp("ds") / "mw_env_state"
+    extra = {"observation.environment_state": (39,)}
+    return write_dataset(
+        out, MW_CAMS, 4, 4, [30, 26], ["reach the goal"], seed=3, use_videos=False, fps=80, extra=extra
+    )
 
 
 @pytest.fixture

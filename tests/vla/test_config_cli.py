@@ -64,7 +64,7 @@ def test_contract_command_line_parses():
 
 
 @pytest.mark.parametrize(
-    "sub", ["", "data", "train", "eval", "eval-sweep", "observability", "serve", "bench", "export"]
+    "sub", ["", "data", "train", "eval", "eval-sweep", "observability", "serve", "bench", "export", "peer"]
 )
 def test_every_subcommand_has_help(sub):
     args = [sys.executable, "-m", "vla"] + ([sub] if sub else []) + ["--help"]

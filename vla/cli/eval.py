@@ -1,17 +1,20 @@
-"""`vla eval`: score a checkpoint, a reference policy or a policy server on a simulated suite.
+"""`vla eval`: score a checkpoint, a reference policy, a LeRobot policy or a policy server on a simulated suite.
 
     vla eval --checkpoint outputs/run/checkpoints/last --suite mw10 --episodes-per-task 50 --num-envs 2 --out DIR
     vla eval --policy oracle --suite mw-easy --episodes-per-task 5 --out DIR
     vla eval --policy random --suite libero_spatial --tasks 0 --episodes-per-task 1 --max-steps 20 --out DIR
     vla eval --server ws://localhost:8000 --suite mw10 --n-action-steps 5 --out DIR
+    vla eval --policy lerobot:RUN/checkpoints/last/pretrained_model --suite mw-easy --num-envs 2 --out DIR
     vla eval --checkpoint CKPT --dataset DIR --frames 64 --out OUT   # open loop, for robots with no simulator
 
-Options (EvalConfig in eval/runner.py): --suite, --checkpoint | --policy oracle|random | --server URL,
+Options (EvalConfig in eval/runner.py): --suite, --checkpoint | --policy oracle|random|lerobot:DIR | --server URL,
 --episodes-per-task, --first-episode (init states first..first+N-1; default 0), --num-envs, --tasks
 (indices or names, comma-separated), --max-steps, --seed, --video-episodes K, --device, --compile
 (regional torch.compile), --n-action-steps, --image-size, --num-shards/--shard-index (one share of the
 episodes, into DIR/shard_<index>), --out. A checkpoint trained with policy.temporal_ensemble_coeff
-plays ACT's ensembled actions, as Policy.select_action does.
+plays ACT's ensembled actions, as Policy.select_action does. --policy lerobot:DIR plays a LeRobot policy
+(ACT, Diffusion Policy, ...: a folder LeRobot's from_pretrained loads, e.g. from `vla peer train`) with
+LeRobot's own processors, one select_action per step (eval/lerobot_policy.py).
 
 Writes DIR/results.json, results.md, success.png, episodes.jsonl (rerun the same command to resume),
 protocol.json and DIR/videos/*_{success,failure}.mp4. With --dataset (open loop, eval/offline.py):

@@ -27,6 +27,7 @@ SUBCOMMANDS = {
     "observability": "vla.cli.observability",
     "serve": "vla.cli.serve",
     "bench": "vla.cli.bench",
+    "peer": "vla.cli.peer",
 }
 
 SUMMARIES = {
@@ -39,6 +40,7 @@ SUMMARIES = {
     "observability": "whether each MetaWorld task's objects and goal are visible in the cameras (frames, pixel counts)",
     "serve": "serve a policy over websockets (openpi-compatible protocol)",
     "bench": "benchmarks with JSON output: data, train, infer, eval, serve",
+    "peer": "train LeRobot's own policies (ACT, Diffusion Policy) on a dataset for a wall-clock budget, as peers",
 }
 
 
