@@ -8,6 +8,7 @@ MetaWorld's privileged observation.environment_state, which the peers must never
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -48,11 +49,15 @@ def peers(metaworld_env_state_dataset, tmp_path_factory) -> dict[str, Path]:
     """ACT trained for a few seconds (--minutes: calibrated), Diffusion Policy for a few steps (--steps)."""
     root = tmp_path_factory.mktemp("peers")
     budget = {"act": ["--minutes", "0.05", "--calibration-steps", "5"], "diffusion": ["--steps", str(STEPS)]}
+    root_logger = logging.getLogger()
+    logging_before = (root_logger.level, list(root_logger.handlers))
     for name, args in budget.items():
         recipe = Path(__file__).resolve().parents[2] / "configs" / "peers" / f"lerobot_{name}_cpu.yaml"
         argv = ["peer", "train", "--recipe", str(recipe), "--dataset", str(metaworld_env_state_dataset)]
         argv += ["--out", str(root / name), *args, "--batch_size=4", "--num_workers=0", *TINY[name]]
         assert vla(argv) == 0
+    # LeRobot's init_logging clears the root logger and sets it to NOTSET; the rest of the process keeps ours
+    assert (root_logger.level, root_logger.handlers) == logging_before
     return {name: root / name for name in budget}
 
 

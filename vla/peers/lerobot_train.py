@@ -25,8 +25,10 @@ needs and ``lerobot-train`` does not do by itself:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
+import logging
 import statistics
 import tempfile
 import time
@@ -148,12 +150,27 @@ def _step_clock(policy_device: str):
     return StepClock()
 
 
+@contextlib.contextmanager
+def root_logging_restored():
+    """Give the root logger back its level and handlers afterwards: LeRobot's ``train`` calls its
+    ``init_logging``, which clears them and sets the level to NOTSET (every DEBUG record of every library
+    is then formatted and dispatched) for the rest of the process, here ours."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        root.handlers[:] = handlers
+
+
 def run_lerobot_train(train_cfg):
     """LeRobot's own training entry point on ``train_cfg``; returns the clock that timed its steps."""
     from lerobot.scripts.lerobot_train import train
 
     clock = _step_clock(train_cfg.policy.device)
-    train(train_cfg, accelerator=clock)
+    with root_logging_restored():
+        train(train_cfg, accelerator=clock)
     if len(clock.times) != train_cfg.steps:
         raise RuntimeError(f"LeRobot ran {len(clock.times)} training steps; {train_cfg.steps} were asked for")
     return clock
