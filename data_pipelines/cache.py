@@ -54,8 +54,12 @@ def fingerprint(source: Dataset) -> str | None:
     root = Path(root).resolve()
     files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
     listing = [(str(p.relative_to(root)), st.st_size, st.st_mtime_ns) for p in files for st in [p.stat()]]
+    described = dataclasses.asdict(cfg)
+    fmap = described.get("feature_map")
+    if isinstance(fmap, dict) and not fmap.get("auxiliary"):  # the option off: keys of earlier runs stay valid
+        fmap.pop("auxiliary", None)
     blob = json.dumps(
-        {"format": FORMAT, "root": str(root), "files": listing, "cfg": dataclasses.asdict(cfg)},
+        {"format": FORMAT, "root": str(root), "files": listing, "cfg": described},
         sort_keys=True,
         default=str,
     )

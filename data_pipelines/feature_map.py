@@ -14,6 +14,7 @@ lerobot sample into the canonical dict of ``vla/types.py``:
     action_pad      (H,) bool, True past the episode end
     action_dim_mask (D,) bool
     instruction     str
+    aux_target      (A,) float32, only with ``auxiliary`` set (a training-only target, never an input)
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class FeatureMapConfig:
     ``state``: dataset key of the proprioceptive state, or "" for none.
     ``image_size``: (Hi, Wi) every camera is resized to; empty keeps the native size,
     which must then be the same for all cameras (they are stacked).
+    ``auxiliary``: dataset key of a training-only target (``policy.auxiliary.key``), or "" for none.
     """
 
     cameras: dict[str, str] = field(default_factory=dict)
@@ -64,6 +66,7 @@ class FeatureMapConfig:
     action: str = "action"
     instruction: str = "task"
     image_size: list[int] = field(default_factory=list)
+    auxiliary: str = ""
 
     def build(self, meta: Any) -> FeatureMap:
         features = _features_of(meta)
@@ -80,6 +83,8 @@ class FeatureMapConfig:
                 if k.startswith(IMAGE_PREFIX) and v.get("dtype") in ("video", "image")
             )
         required = [k for _, k in cams] + [self.action] + ([self.state] if self.state else [])
+        if self.auxiliary:
+            check_auxiliary(self.auxiliary, features, meta)
         check_keys("dataset features (meta/info.json)", features, required)
         for _, key in cams:
             if features[key].get("dtype") not in ("video", "image"):
@@ -108,6 +113,27 @@ class FeatureMapConfig:
             action_dim=shapes[self.action][0],
             image_size=size,
             native_sizes=tuple(tuple(shapes[k][:2]) for _, k in cams),
+            auxiliary=self.auxiliary or None,
+            auxiliary_dim=int(features[self.auxiliary]["shape"][0]) if self.auxiliary else 0,
+        )
+
+
+def check_auxiliary(key: str, features: dict[str, dict], meta: Any) -> None:
+    """The auxiliary target must be a 1-D float feature of the dataset; the error names the key and the dataset."""
+    where = getattr(meta, "root", None) or getattr(meta, "repo_id", None) or "the dataset"
+    numeric = sorted(
+        k for k, v in features.items() if str(v.get("dtype", "")).startswith("float") and len(v.get("shape", ())) == 1
+    )
+    if key not in features:
+        raise KeyError(
+            f"policy.auxiliary.key={key!r}: {where} has no feature {key!r} (meta/info.json); "
+            f"its 1-D float features are {numeric}"
+        )
+    if key not in numeric:
+        spec = features[key]
+        raise ValueError(
+            f"policy.auxiliary.key={key!r}: in {where} it has dtype {spec.get('dtype')!r} and shape "
+            f"{spec.get('shape')}; an auxiliary target must be a 1-D float feature, one of {numeric}"
         )
 
 
@@ -123,6 +149,8 @@ class FeatureMap:
     action_dim: int
     image_size: tuple[int, int] | None
     native_sizes: tuple[tuple[int, int], ...] = ()
+    auxiliary: str | None = None  # dataset key of the training-only target (not an observation key)
+    auxiliary_dim: int = 0
 
     @classmethod
     def infer(cls, meta: Any) -> FeatureMap:
@@ -145,7 +173,10 @@ class FeatureMap:
         out = {T.ACTIONS: dict(stats[self.action])} if self.action in stats else {}
         if self.state and self.state in stats:
             out[T.STATE] = dict(stats[self.state])
-        missing = [k for k in [self.action] + ([self.state] if self.state else []) if k not in stats]
+        if self.auxiliary and self.auxiliary in stats:
+            out[T.AUX_TARGET] = dict(stats[self.auxiliary])
+        wanted = [self.action] + ([self.state] if self.state else []) + ([self.auxiliary] if self.auxiliary else [])
+        missing = [k for k in wanted if k not in stats]
         if missing:
             raise KeyError(f"stats have no entry for {missing}; present: {sorted(stats)}")
         return out
@@ -165,7 +196,8 @@ class FeatureMap:
         return x.clamp_(0.0, 1.0)
 
     def __call__(self, sample: Mapping[str, Any]) -> dict[str, Any]:
-        check_keys("dataset sample", sample, [self.action, self.instruction] + self.observation_keys)
+        aux = [self.auxiliary] if self.auxiliary else []
+        check_keys("dataset sample", sample, [self.action, self.instruction] + self.observation_keys + aux)
         actions = torch.as_tensor(sample[self.action], dtype=torch.float32)
         if actions.ndim == 1:  # no delta timestamps: a chunk of one step
             actions = actions[None]
@@ -191,7 +223,7 @@ class FeatureMap:
         if not isinstance(instruction, str):
             raise TypeError(f"{self.instruction}: expected an instruction string, got {type(instruction).__name__}")
 
-        return {
+        out = {
             T.IMAGES: images,  # (N, 3, Hi, Wi)
             T.IMAGE_MASK: torch.ones(len(self.cameras), dtype=torch.bool),
             T.STATE: state,  # (S,)
@@ -201,3 +233,7 @@ class FeatureMap:
             T.ACTION_DIM_MASK: torch.ones(self.action_dim, dtype=torch.bool),
             T.INSTRUCTION: instruction,
         }
+        if self.auxiliary:  # a training-only target: the current frame's value, never an observation
+            out[T.AUX_TARGET] = torch.as_tensor(sample[self.auxiliary], dtype=torch.float32)
+            check_shape(self.auxiliary, out[T.AUX_TARGET], "A", A=self.auxiliary_dim)
+        return out

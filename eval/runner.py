@@ -464,6 +464,8 @@ def _evaluate_model(cfg: EvalConfig, policy, digest: str) -> dict:
     }
     if pc.temporal_ensemble_coeff is not None:  # recorded only when set: earlier protocols stay resumable
         info["temporal_ensemble_coeff"] = pc.temporal_ensemble_coeff
+    if pc.auxiliary.enabled:  # what training used beside the inputs (never read here); only when set, as above
+        info["training_auxiliary_target"] = pc.auxiliary.key
     cfg, cams = render_as_trained(cfg, list(pc.cameras), pc.image_size)
     return run_evaluation(
         cfg, ModelChunker(policy, n, next(policy.parameters()).device), None, info, cams, action_dim=pc.action_dim

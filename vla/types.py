@@ -24,6 +24,9 @@ ACTION_PAD = "action_pad"  # (B, H) bool: True where the chunk runs past the epi
 ACTION_DIM_MASK = "action_dim_mask"  # (B, D) bool: True on real dims
 INSTRUCTION = "instruction"  # list[str] of length B
 DATASET_INDEX = "dataset_index"  # (B,) long, which mixture member a sample came from (optional)
+# Training only, with policy.auxiliary.key set: that dataset feature of the current frame, predicted by a probe
+# on the image features (vla/models/auxiliary.py). Never an input: inference neither needs nor reads it.
+AUX_TARGET = "aux_target"  # (B, A) float32, raw units until the Policy normalizes it
 # Training only: the key of each sample's random draws (vla.utils.sample_rng), and the draws' sources.
 SAMPLE_NUMBER = "sample_number"  # (B,) long, the sample's place in the run's stream of drawn samples
 GENERATORS = "generators"  # list of B torch.Generator: sample i's augmentation, noise and time come from the i-th
@@ -41,6 +44,7 @@ class Batch:
     actions: torch.Tensor | None = None  # (B, H, D)
     action_pad: torch.Tensor | None = None  # (B, H) bool, True = padded step
     action_dim_mask: torch.Tensor | None = None  # (B, D) bool, True = real dim
+    aux_target: torch.Tensor | None = None  # (B, A), training only (policy.auxiliary)
 
     @property
     def batch_size(self) -> int:

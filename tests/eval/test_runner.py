@@ -270,6 +270,23 @@ def test_tiny_checkpoint_end_to_end(tiny_policy, tiny_checkpoint, tmp_path):
 
 
 @pytest.mark.sim
+def test_a_checkpoint_trained_with_an_auxiliary_target_plays_without_it(tiny_policy, tmp_path):
+    """policy.auxiliary is training only: the runner plays from the cameras and proprioception as always (the
+    suite's env_state stays unread) and the protocol records what training used beside the inputs."""
+    from vla.models.auxiliary import AuxiliaryConfig
+
+    aux = AuxiliaryConfig(key="observation.environment_state", dim=39)
+    cfg = dataclasses.replace(tiny_policy.config, auxiliary=aux)
+    stats = {**tiny_policy.stats, "aux_target": {"mean": [0.0] * 39, "std": [1.0] * 39}}
+    ckpt = Policy(cfg, stats).save(tmp_path / "policy")
+    kw = dict(suite="mw-easy", tasks="reach-v3", episodes_per_task=1, max_steps=4, progress=False)
+    res = evaluate(EvalConfig(checkpoint=str(ckpt), out=str(tmp_path / "eval"), **kw))
+    assert res["tasks"]["reach-v3"]["episodes"] == 1
+    assert res["protocol"]["policy"]["training_auxiliary_target"] == "observation.environment_state"
+    assert res["protocol"]["policy"]["state_key"] == "observation.state"
+
+
+@pytest.mark.sim
 def test_eval_sweep_selects_on_other_episodes_than_it_reports(tiny_policy, tiny_checkpoint, tmp_path):
     """Checkpoints are compared on one block of init states; the chosen one is scored on a disjoint one."""
     from vla.cli.main import main

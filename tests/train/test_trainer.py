@@ -98,6 +98,31 @@ def test_checkpoint_loads_offline_after_its_pretrained_dir_is_gone(metaworld_lay
     assert actions.shape == (4, 4) and np.isfinite(actions).all()
 
 
+def test_auxiliary_target_trains_from_the_cli_and_its_checkpoint_predicts_without_it(
+    metaworld_env_state_dataset, tmp_path
+):
+    """--policy.auxiliary.key: aux_loss logged beside a total that includes it; the checkpoint plays from
+    images, instruction and proprioception alone, and its report of inputs names the training-only target."""
+    out = tmp_path / "run"
+    args = [f"--dataset.root={metaworld_env_state_dataset}", "--policy.head.type=regression", "--train.steps=3"]
+    aux = ["--policy.auxiliary.key=observation.environment_state", "--policy.auxiliary.weight=2.0"]
+    r = run_vla(["train", *args, *aux, "--train.batch_size=2", f"--output_dir={out}", *TINY])
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = metrics(out)
+    assert all("aux_loss" in row and 0 < row["aux_loss"] < float("inf") for row in rows)
+    assert rows[0]["loss"] > 2.0 * rows[0]["aux_loss"]  # the total includes weight x aux_loss (and the actions')
+    assert "training-only auxiliary target: observation.environment_state (39 dims, weight 2" in r.stdout
+
+    from vla.models.policy import Policy
+
+    policy = Policy.load(out / "checkpoints" / "last")
+    assert policy.config.auxiliary.dim == 39 and policy.config.state_key == "observation.state"
+    obs = {"images": torch.rand(2, 2, 3, 32, 32), "state": torch.randn(2, 4), "instruction": ["reach", "reach"]}
+    chunk = policy.predict_chunk(obs)
+    assert chunk.shape == (2, 4, 4) and torch.isfinite(chunk).all()
+    assert "training only: auxiliary target `observation.environment_state`" in policy.config.inputs_description()
+
+
 def test_bad_inputs_give_named_errors(tmp_path):
     r = run_vla(["train", f"--dataset.root={tmp_path / 'nope'}", f"--output_dir={tmp_path / 'o'}"])
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr

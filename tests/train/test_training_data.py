@@ -233,3 +233,69 @@ def test_episodes_select_from_the_primary_dataset_only(metaworld_layout_dataset,
     primary, member = (len(s) for s in full.dataset.sources)
     assert [len(s) for s in subset.dataset.sources] == [20, member]  # episode 1 of (24, 20) frames; all of the other
     assert primary == 44
+
+
+# ---- policy.auxiliary: a training-only target carried beside the sample ------------------------------
+ENV_STATE = "observation.environment_state"
+
+
+def _aux_cfg(key: str = ENV_STATE) -> PolicyConfig:
+    cfg = _policy_cfg()
+    cfg.auxiliary.key = key
+    return cfg
+
+
+def test_auxiliary_target_rides_in_the_batch_with_its_statistics(metaworld_env_state_dataset, tmp_path):
+    import numpy as np
+
+    from data_pipelines.stats import read_columns
+
+    dcfg = DatasetConfig(root=str(metaworld_env_state_dataset))
+    data = build_training_data(dcfg, _aux_cfg(), AugmentConfig(enabled=False))
+    column = read_columns(metaworld_env_state_dataset, [ENV_STATE])[ENV_STATE]  # (N, 39), frames in order
+    assert data.aux_dim == 39 and data.state_dim == 4  # the state is still the proprioception
+    batch = data.collate([data.dataset[i] for i in (0, 7, 40)])
+    assert torch.allclose(batch["aux_target"], torch.as_tensor(column[[0, 7, 40]], dtype=torch.float32))
+    assert np.allclose(data.stats["aux_target"]["mean"], column.mean(0))
+    assert "aux_target" not in build_training_data(dcfg, _policy_cfg(), AugmentConfig(enabled=False)).stats
+    cached = DatasetConfig(root=str(metaworld_env_state_dataset), cache=True, cache_dir=str(tmp_path / "store"))
+    again = build_training_data(cached, _aux_cfg(), AugmentConfig(enabled=False))
+    assert torch.equal(again.dataset[7]["aux_target"], data.dataset[7]["aux_target"])
+    cfg = _aux_cfg()
+    cfg.cameras, cfg.state_dim, cfg.action_dim, cfg.auxiliary.dim = data.cameras, 4, 4, data.aux_dim
+    loss, parts = Policy(cfg, data.stats).compute_loss(batch)
+    assert torch.isfinite(loss) and torch.isfinite(parts["aux_loss"])
+
+
+def test_a_missing_auxiliary_key_names_the_key_and_the_dataset(metaworld_layout_dataset, three_cam_dataset):
+    with pytest.raises(KeyError, match=rf"policy.auxiliary.key='{ENV_STATE}': {metaworld_layout_dataset} has no"):
+        build_training_data(DatasetConfig(root=str(metaworld_layout_dataset)), _aux_cfg(), AugmentConfig(enabled=False))
+    with pytest.raises(ValueError, match="1-D float feature"):  # an image is no target
+        build_training_data(
+            DatasetConfig(root=str(metaworld_layout_dataset)), _aux_cfg("observation.images.image"), AugmentConfig()
+        )
+    mixed = DatasetConfig(root=str(metaworld_layout_dataset), mixture=[str(three_cam_dataset)])
+    with pytest.raises(ValueError, match="auxiliary.*mixture"):
+        build_training_data(mixed, _aux_cfg(), AugmentConfig(enabled=False))
+
+
+def test_decoded_caches_of_runs_without_an_auxiliary_target_keep_their_key(metaworld_layout_dataset):
+    """The option is off by default: the key of decoded samples (runs going on elsewhere) must not change."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from data_pipelines.cache import FORMAT, fingerprint
+
+    src = build_training_data(
+        DatasetConfig(root=str(metaworld_layout_dataset)), _policy_cfg(), AugmentConfig(enabled=False)
+    ).dataset
+    root = Path(src.root).resolve()
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    listing = [(str(p.relative_to(root)), st.st_size, st.st_mtime_ns) for p in files for st in [p.stat()]]
+    cfg = dataclasses.asdict(src.cfg)
+    del cfg["feature_map"]["auxiliary"]  # as written before the option existed
+    blob = json.dumps({"format": FORMAT, "root": str(root), "files": listing, "cfg": cfg}, sort_keys=True, default=str)
+    assert fingerprint(src) == hashlib.sha256(blob.encode()).hexdigest()[:20]
+    src.cfg.feature_map.auxiliary = "observation.state"
+    assert fingerprint(src) != hashlib.sha256(blob.encode()).hexdigest()[:20]

@@ -218,3 +218,85 @@ def test_token_heads_refuse_unbounded_action_normalization(head):
     with pytest.raises(ValueError, match=rf"policy.head.type={head} .*policy.action_norm='mean_std'"):
         PolicyConfig(head=head_cfg, action_norm="mean_std")
     assert PolicyConfig(head=HeadConfig.get_choice_class("flow")()).action_norm == "mean_std"
+
+
+# ---- policy.auxiliary: a training-only target predicted from the image features ---------------------
+AUX_STATS = {**STATS, "aux_target": {"mean": [0.0, 1.0, 5.0], "std": [1.0, 2.0, 0.0]}}  # dim 2 never varies
+
+
+def aux_policy(weight: float = 0.5, head: str = "regression") -> Policy:
+    from vla.models.auxiliary import AuxiliaryConfig
+
+    torch.manual_seed(0)
+    cfg = PolicyConfig(
+        backbone=BackboneConfig.get_choice_class("smolvlm")(preset="tiny-smolvlm"),
+        head=HeadConfig.get_choice_class(head)(),
+        chunk_size=6,
+        n_action_steps=3,
+        cameras=["image", "wrist"],
+        state_dim=4,
+        action_dim=3,
+        auxiliary=AuxiliaryConfig(key="observation.environment_state", weight=weight, dim=3),
+    )
+    return Policy(cfg, AUX_STATS)
+
+
+def aux_batch() -> dict:
+    g = torch.Generator().manual_seed(2)
+    target = torch.stack([torch.randn(2, generator=g), 1 + 2 * torch.randn(2, generator=g), torch.full((2,), 5.0)], 1)
+    return {**obs(2), "actions": torch.randn(2, 6, 3, generator=g), "aux_target": target}
+
+
+@pytest.mark.parametrize("head", ["regression", "flow"])
+def test_auxiliary_target_adds_its_weighted_probe_loss_on_one_backbone_pass(head, monkeypatch):
+    batch = aux_batch()
+    batch["noise"], batch["time"] = torch.randn(2, 6, 3), torch.rand(2)  # the flow head's draws, fixed
+    off = aux_policy(weight=0.0, head=head)
+    loss0, parts0 = off.compute_loss(batch)
+    assert torch.equal(loss0, parts0["action_loss"]) and torch.isfinite(parts0["aux_loss"]) and parts0["aux_loss"] > 0
+    on = aux_policy(weight=0.5, head=head)  # the same seed: the same weights
+    calls = []
+    encode = on.backbone.encode
+    monkeypatch.setattr(on.backbone, "encode", lambda *a, **k: calls.append(1) or encode(*a, **k))
+    loss, parts = on.compute_loss(batch)
+    assert len(calls) == 1  # the probe reads the head's backbone pass
+    assert torch.allclose(parts["action_loss"], parts0["action_loss"]) and torch.allclose(
+        parts["aux_loss"], parts0["aux_loss"]
+    )
+    assert torch.allclose(loss, parts["action_loss"] + 0.5 * parts["aux_loss"]) and not torch.allclose(loss, loss0)
+    loss.backward()
+    assert on.aux_probe.net[0].weight.grad.abs().sum() > 0
+    # Its loss reads the normalized target on the dims that vary (dim 2 is constant in the statistics).
+    with torch.no_grad():
+        pred = on.aux_probe(on.backbone.camera_features(encode(*on._prefix_fn(batch)[0].args), 2))
+    want = (batch["aux_target"] - torch.tensor([0.0, 1.0, 5.0])) / torch.tensor([1.0, 2.0, 1.0])
+    assert torch.allclose(parts["aux_loss"], ((pred[:, :2] - want[:, :2]) ** 2).mean(), atol=1e-5)
+    del batch["aux_target"]
+    with pytest.raises(KeyError, match="policy.auxiliary.key='observation.environment_state'.*'aux_target'"):
+        on.compute_loss(batch)
+
+
+def test_auxiliary_probe_is_saved_and_prediction_never_reads_it(tmp_path):
+    policy = aux_policy().eval()
+    o = obs(2)  # images, state and instruction: no auxiliary target
+    chunk = policy.predict_chunk(o, seed=[1, 2])
+    loaded = Policy.load(policy.save(tmp_path / "ckpt"))  # strict: the probe's weights are in the checkpoint
+    assert torch.equal(loaded.aux_probe.net[0].weight, policy.aux_probe.net[0].weight)
+    assert loaded.aux_probe.varies.tolist() == [True, True, False]
+    assert torch.equal(loaded.predict_chunk(o, seed=[1, 2]), chunk)
+    with torch.no_grad():
+        for p in loaded.aux_probe.parameters():
+            p.normal_()
+    assert torch.equal(loaded.predict_chunk(o, seed=[1, 2]), chunk)  # the probe plays no part in a chunk
+
+
+def test_inputs_description_names_the_training_only_target():
+    from vla.models.auxiliary import AuxiliaryConfig
+
+    base = {"cameras": ["image"], "state_dim": 4, "action_dim": 4}
+    plain = PolicyConfig(**base).inputs_description()
+    assert "auxiliary" not in plain and "privileged" not in plain
+    aux = AuxiliaryConfig(key="observation.environment_state", dim=39, weight=0.1)
+    text = PolicyConfig(**base, auxiliary=aux).inputs_description()
+    assert text.startswith(plain) and "`observation.state` (4 dims: proprioception)" in text
+    assert "training only: auxiliary target `observation.environment_state` (39 dims: privileged, not an input" in text

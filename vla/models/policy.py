@@ -30,6 +30,7 @@ import vla.models.heads  # noqa: F401  (registers the heads)
 from vla import types as T
 from vla.action_queue import ActionQueue
 from vla.config import from_dict, to_dict
+from vla.models.auxiliary import AuxiliaryConfig, RecordingPrefixFn, add_auxiliary_loss, auxiliary_target, build_probe
 from vla.models.backbones.base import BackboneConfig
 from vla.models.compile import mark_step
 from vla.models.heads.base import HeadConfig
@@ -103,6 +104,8 @@ class PolicyConfig:
     fps: float = 0.0
     image_size: int = 0  # square side of the training images (0: unknown or not square); evaluation renders at it
     state_key: str = "observation.state"  # dataset key the state came from (environment_state = privileged)
+    # Training only: a probe on the image features predicts this dataset feature (vla/models/auxiliary.py).
+    auxiliary: AuxiliaryConfig = field(default_factory=AuxiliaryConfig)
 
     def __post_init__(self):
         self.backbone = resolve_backbone_config(self.backbone)
@@ -134,7 +137,14 @@ class PolicyConfig:
             if self.privileged_state
             else "proprioception"
         )
-        return f"cameras {cams}{size}, the instruction, and `{self.state_key}` ({self.state_dim} dims: {kind})"
+        text = f"cameras {cams}{size}, the instruction, and `{self.state_key}` ({self.state_dim} dims: {kind})"
+        if self.auxiliary.enabled:
+            what = "privileged, not an input" if self.auxiliary.key == OBS_ENV_STATE else "not an input"
+            text += (
+                f"; training only: auxiliary target `{self.auxiliary.key}` ({self.auxiliary.dim} dims: {what}, "
+                f"weight {self.auxiliary.weight:g})"
+            )
+        return text
 
     @property
     def model_state_dim(self) -> int:
@@ -166,6 +176,9 @@ class Policy(nn.Module):
         self.head = config.head.build(self.backbone, config.chunk_size, config.model_action_dim)
         modes = {"state": config.state_norm, "actions": config.action_norm}
         dims = {"state": config.state_dim, "actions": config.action_dim}
+        self.aux_probe = build_probe(config.auxiliary, self.backbone.width, len(config.cameras), stats)
+        if self.aux_probe is not None:  # training only: inference never calls it
+            modes[T.AUX_TARGET], dims[T.AUX_TARGET] = "mean_std", config.auxiliary.dim
         # A mixture of embodiments keeps one normalizer per member ({"members": [...]}, selected per
         # sample by dataset_index); member 0 is the primary robot that inference serves by default.
         members = (stats or {}).get("members") or [stats or {}]
@@ -232,7 +245,14 @@ class Policy(nn.Module):
             "action_dim_mask": pad_last(dim_mask.bool(), width),  # padded dims never reach the loss
         }
         target.update({k: batch[k] for k in ("noise", "time", T.GENERATORS) if batch.get(k) is not None})
-        return self.head.loss(prefix_fn, target)
+        if self.aux_probe is None:
+            return self.head.loss(prefix_fn, target)
+        prefix_fn = RecordingPrefixFn(prefix_fn)  # the probe reads the head's backbone pass: no second one
+        loss, metrics = self.head.loss(prefix_fn, target)
+        aux = auxiliary_target(batch, self.config.auxiliary)  # (B, A) raw units
+        aux = self._normalize(T.AUX_TARGET, aux, batch.get(T.DATASET_INDEX))
+        features = self.backbone.camera_features(prefix_fn.recorded, len(self.config.cameras))  # (B, N, W)
+        return add_auxiliary_loss(loss, metrics, self.aux_probe.loss(features, aux), self.config.auxiliary.weight)
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
         # DDP/DeepSpeed hook into forward(), so the trainer calls policy(batch), never compute_loss directly.

@@ -30,11 +30,12 @@ class TrainingData:
     state_dim: int
     action_dim: int
     fps: float
-    stats: dict  # canonical {"state": {...}, "actions": {...}} for the Normalizer
+    stats: dict  # canonical {"state": {...}, "actions": {...}} (+ "aux_target" when set) for the Normalizer
     sample_weights: SampleWeights | None = None  # how the sampler draws (mixtures); None: epochs of permutations
     augment: Compose | None = None  # data_pipelines.augment transform, applied on the device
     seed: int = 0  # with the step and the sample's stream number, the key of every random draw of a sample
     image_size: int = 0  # square side of the images the policy sees (0: not square, or a mixture)
+    aux_dim: int = 0  # width of the training-only auxiliary target (policy.auxiliary.key; 0: none)
 
     @staticmethod
     def collate(samples: list[dict]) -> dict:
@@ -83,14 +84,18 @@ class NumberedDataset(torch.utils.data.Dataset):
         return {**self.dataset[index], T.SAMPLE_NUMBER: number}
 
 
-def _source(root: str | None, repo_id: str | None, dcfg, chunk: int, primary: bool = True) -> LeRobotSource:
+def _source(
+    root: str | None, repo_id: str | None, dcfg, chunk: int, primary: bool = True, auxiliary: str | None = None
+) -> LeRobotSource:
     """``dataset.episodes`` selects episodes of the primary dataset (``dataset.root``) only: the other
-    members of a mixture are other datasets, whose episode numbers mean something else."""
+    members of a mixture are other datasets, whose episode numbers mean something else. ``auxiliary``:
+    the dataset key of a training-only target (``policy.auxiliary.key``), carried as ``aux_target``."""
     fmap = FeatureMapConfig(
         camera_keys=list(dcfg.cameras or []),
         state=dcfg.state_key,
         action=dcfg.action_key,
         image_size=[dcfg.image_size, dcfg.image_size] if dcfg.image_size else [],
+        auxiliary=auxiliary or "",
     )
     if root is not None and not Path(root).exists():
         raise FileNotFoundError(
@@ -107,7 +112,13 @@ def build_training_data(dcfg, pcfg, acfg, seed: int = 0) -> TrainingData:
     if dcfg.root is None and dcfg.repo_id is None:
         raise ValueError("no dataset: set dataset.root=DIR (a LeRobot v3 dataset) or dataset.repo_id=ID")
     augment = acfg.build()
+    auxiliary = pcfg.auxiliary.key
     if dcfg.mixture:
+        if auxiliary:
+            raise ValueError(
+                f"policy.auxiliary.key={auxiliary!r} with dataset.mixture: an auxiliary target is supported on "
+                "one dataset only (mixture members need not share the feature); drop one of the two"
+            )
         from data_pipelines.mixture import MixtureDataset
 
         members = [(dcfg.root, dcfg.weight)] + [_parse_member(m) for m in dcfg.mixture]
@@ -127,7 +138,7 @@ def build_training_data(dcfg, pcfg, acfg, seed: int = 0) -> TrainingData:
             augment=augment,
             seed=seed,
         )
-    src = _source(dcfg.root, dcfg.repo_id, dcfg, pcfg.chunk_size)
+    src = _source(dcfg.root, dcfg.repo_id, dcfg, pcfg.chunk_size, auxiliary=auxiliary)
     fmap = src.feature_map
     dataset = src
     if dcfg.cache:
@@ -143,6 +154,7 @@ def build_training_data(dcfg, pcfg, acfg, seed: int = 0) -> TrainingData:
         augment=augment,
         seed=seed,
         image_size=square_side(fmap.image_size or next(iter(fmap.native_sizes), None)),
+        aux_dim=fmap.auxiliary_dim,
     )
 
 
@@ -151,12 +163,13 @@ def square_side(size: tuple[int, int] | None) -> int:
 
 
 def _stats(src: LeRobotSource) -> dict:
-    """Exact statistics of the state and action columns over the source's episodes, in canonical names.
+    """Exact statistics of the state and action columns (and the auxiliary target's) over the source's
+    episodes, in canonical names.
 
     Only the episodes the run trains on (``dataset.episodes``): held-out ones must not shape normalization.
     """
     fmap = src.feature_map
-    keys = [fmap.action] + ([fmap.state] if fmap.state else [])
+    keys = [fmap.action] + ([fmap.state] if fmap.state else []) + ([fmap.auxiliary] if fmap.auxiliary else [])
     return fmap.stats_for(compute_stats(src.root, keys, episodes=src.episodes))
 
 

@@ -18,7 +18,8 @@ from vla.models.policy import WEIGHTS_FILE, Policy, PolicyConfig, architecture_o
 USER_BACKBONE_OPTIONS = ("freeze_vision", "freeze_vlm", "lora_rank", "lora_alpha", "gradient_checkpointing")
 # chunk_size too: a flow expert has no per-step weights (pi0_base's 50 fits any horizon); heads that do
 # (learned positions or queries) re-initialize those, and the plan says so.
-USER_POLICY_OPTIONS = ("chunk_size", "n_action_steps", "temporal_ensemble_coeff", "inference_steps")
+# auxiliary: a training-only target of this run (its probe is new when the base had none, dropped when unset).
+USER_POLICY_OPTIONS = ("chunk_size", "n_action_steps", "temporal_ensemble_coeff", "inference_steps", "auxiliary")
 
 
 def init_from_checkpoint(path: str | Path, user_cfg: PolicyConfig, stats: dict) -> tuple[Policy, dict]:

@@ -73,6 +73,7 @@ class Trainer:
         cfg.policy.fps = self.data.fps
         cfg.policy.image_size = self.data.image_size
         cfg.policy.state_key = cfg.dataset.state_key
+        cfg.policy.auxiliary.dim = self.data.aux_dim  # training-only target (policy.auxiliary.key; 0: none)
 
         # Built straight on this process's GPU: random init of a 3B model takes seconds there, minutes on the CPU.
         with torch.device(acc.device):
@@ -200,6 +201,11 @@ class Trainer:
             f"  parameters: {total / 1e6:.2f} M total, {trainable / 1e6:.2f} M trainable",
             f"  frozen: {frozen or 'nothing'}",
         ]
+        aux = policy.config.auxiliary
+        if aux.enabled:
+            lines.append(
+                f"  training-only auxiliary target: {aux.key} ({aux.dim} dims, weight {aux.weight:g}; not an input)"
+            )
         if self.unused:
             lines.append(f"  unused by this head, frozen for DDP: {self.unused}")
         if plan:
@@ -217,21 +223,25 @@ class Trainer:
         bar = tqdm(total=total, initial=self.step, disable=not self.is_main, desc="train", dynamic_ncols=True)
         t_last, step_last = time.perf_counter(), self.step
         loss_sum = torch.zeros((), device=acc.device)
+        aux_sum = torch.zeros((), device=acc.device)  # policy.auxiliary: the probe's loss, logged beside the total
         n_sum = 0
         self.policy.train()
+        log_aux = acc.unwrap_model(self.policy).config.auxiliary.enabled
         grad_norm = None
         while self.step < total:
             for _ in range(cfg.train.grad_accum):
                 batch = self.data.to_device(next(data_iter), acc.device, step=self.step)
                 with acc.accumulate(self.policy):
                     with acc.autocast():
-                        loss, _ = self.policy(batch)
+                        loss, parts = self.policy(batch)
                     acc.backward(loss)
                     if acc.sync_gradients and cfg.optim.grad_clip > 0:
                         grad_norm = acc.clip_grad_norm_(self.policy.parameters(), cfg.optim.grad_clip)
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 loss_sum += loss.detach()
+                if "aux_loss" in parts:
+                    aux_sum += parts["aux_loss"]
                 n_sum += 1
             self.scheduler.step()
             if self.ema is not None:
@@ -252,6 +262,8 @@ class Trainer:
                     "mfu": _mfu(self.flops_per_sample, sps, acc.num_processes),
                     "peak_mem_gb": peak_memory_gb(),
                 }
+                if log_aux:  # the total above includes weight x aux_loss
+                    row["aux_loss"] = acc.reduce(aux_sum / n_sum, reduction="mean").item()
                 if not math.isfinite(mean_loss):
                     raise FloatingPointError(
                         f"loss became {mean_loss} at step {self.step}: lower optim.lr, raise optim.warmup_steps, "
@@ -261,6 +273,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{row['lr']:.2e}", sps=f"{sps:.1f}")
                 t_last, step_last = time.perf_counter(), self.step
                 loss_sum.zero_()
+                aux_sum.zero_()
                 n_sum = 0
             if cfg.train.save_every and self.step % cfg.train.save_every == 0 and self.step < total:
                 self.save()

@@ -112,3 +112,10 @@ class Backbone(nn.Module, abc.ABC):
     @property
     @abc.abstractmethod
     def vocab_size(self) -> int: ...
+
+    def camera_features(self, prefix: Prefix, num_cameras: int) -> torch.Tensor:
+        """Each camera's mean last-layer hidden state over its image tokens: (B, N, W), zero for a missing camera.
+
+        For training-only probes (vla/models/auxiliary.py); a backbone that cannot say where its image tokens
+        are does not support them."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose per-camera image features")

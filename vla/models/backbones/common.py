@@ -323,6 +323,15 @@ class VLMBackbone(Backbone):
         extras = {"cache": cache, "kv_mask": full_mask, "next_pos": next_pos} if use_cache else {}
         return Prefix(out.last_hidden_state, full_mask, keys, values, state, state_mask, extras, next_pos=next_pos)
 
+    def camera_features(self, prefix, num_cameras):
+        C = len(self.camera_ids)  # the prefix starts with the cameras: N blocks of camera_ids, camera-major
+        tokens = rearrange(prefix.hidden[:, : num_cameras * C], "b (n c) w -> b n c w", n=num_cameras)
+        at = [j for j, i in enumerate(self.camera_ids) if i == self.image_token_id]
+        if at != list(range(at[0], at[-1] + 1)):  # one run of image tokens per camera in every family so far
+            raise NotImplementedError(f"{type(self).__name__}: a camera's image tokens are not one run")
+        present = prefix.mask[:, : num_cameras * C].view(-1, num_cameras, C)[..., 0, None]  # (B, N, 1)
+        return tokens[:, :, at[0] : at[-1] + 1].mean(2) * present.to(tokens.dtype)  # (B, N, W)
+
     def _forward_recording_kv(self, x, attn, pos):
         """LM forward that also returns per-layer K/V (after rotary), without a cache.
 
