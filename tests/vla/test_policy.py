@@ -210,6 +210,30 @@ def test_lora_finetune_starts_from_the_base_weights(tmp_path):
     assert torch.equal(base.predict_chunk(obs, seed=[1, 2]), tuned.eval().predict_chunk(obs, seed=[1, 2]))
 
 
+def test_finetuning_normalizes_with_the_new_datasets_statistics(tmp_path):
+    """--init-from on the same robot: the weights come from the base checkpoint, the normalization statistics
+    from the new dataset (the plan says so). Same widths must not let the base's statistics load over them."""
+    from vla.train.finetune import init_from_checkpoint
+
+    base = make_policy("regression")
+    base.save(tmp_path / "base")
+    new_stats = {
+        "state": {"mean": [-5.0, 0.0, 5.0, 9.0], "std": [1.0, 3.0, 0.5, 4.0]},
+        "actions": {**STATS["actions"], "mean": [0.0, 1.0, 2.0], "std": [1.0, 2.0, 3.0]},
+    }
+    tuned, plan = init_from_checkpoint(tmp_path / "base", base.config, new_stats)
+    assert plan["stats"] == "computed from the new dataset"
+    fresh = Policy(base.config, new_stats)
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(tuned.normalizers[0].normalize("state", x), fresh.normalizers[0].normalize("state", x))
+    a = torch.randn(5, 3)
+    torch.testing.assert_close(
+        tuned.normalizers[0].unnormalize("actions", a), fresh.normalizers[0].unnormalize("actions", a)
+    )
+    tuned_head = tuned.head.state_dict()
+    assert all(torch.equal(v, tuned_head[k]) for k, v in base.head.state_dict().items())  # the weights: the base's
+
+
 @pytest.mark.parametrize("head", ["bins", "fast"])
 def test_token_heads_refuse_unbounded_action_normalization(head):
     head_cfg = HeadConfig.get_choice_class(head)()

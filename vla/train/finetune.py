@@ -38,11 +38,13 @@ def init_from_checkpoint(path: str | Path, user_cfg: PolicyConfig, stats: dict) 
     policy = Policy(cfg, stats, architecture=architecture_of(path))
     if same_robot and (path / "head").is_dir():  # FAST: the action space is unchanged, keep its tokenizer
         policy.head.load_tokenizer(path / "head")
-    report = policy.load_weights(load_file(str(path / WEIGHTS_FILE)), source=path, strict=False)
+    # The normalizers' buffers are the base dataset's statistics, not weights: with the same widths they would
+    # load over the new dataset's and the policy would train and act in the base's units.
+    weights = {k: v for k, v in load_file(str(path / WEIGHTS_FILE)).items() if not k.startswith("normalizers.")}
+    report = policy.load_weights(weights, source=path, strict=False)
     plan = {
         "source": str(path),
         "loaded": len(report["loaded"]),
-        # the normalizers' buffers are statistics, computed from the new dataset: not weights
         "reinitialized": [k for k in report["reinitialized"] if not k.startswith("normalizers.")],
         "stats": "computed from the new dataset",
     }
