@@ -374,6 +374,33 @@ def observe(cfg: ObservabilityConfig) -> dict:
     return report
 
 
+def task_verdicts(suite: str, cameras: list[str], image_size: int, tasks: list[str] | None = None) -> dict[str, dict]:
+    """Each task's verdict and why through ``cameras`` at ``image_size`` (a policy's own), nothing written:
+    ``{task: {"verdict": ..., "why": ...}}``, for reports that must not average an unseeable task silently."""
+    cfg = ObservabilityConfig(
+        suite=suite, image_size=image_size, compare_sizes=[], cameras=list(cameras), tasks=list(tasks or [])
+    )
+    cfg.validate()
+    suites = {image_size: _suite(cfg, image_size)}
+    verdicts = {}
+    for index in range(len(suites[image_size].tasks)):
+        entry, _ = observe_task(cfg, suites, index)
+        judged = entry["sizes"][str(image_size)]
+        verdicts[entry["task"]] = {"verdict": judged["verdict"], "why": judged["why"]}
+    return verdicts
+
+
+def observable_average(success: dict[str, float], verdicts: dict[str, dict]) -> tuple[float | None, list[str]]:
+    """Mean success over the tasks the cameras can show, and the tasks left out (not observable).
+    None when no task is observable. Every task of ``success`` needs a verdict."""
+    missing = sorted(set(success) - set(verdicts))
+    if missing:
+        raise KeyError(f"no observability verdict for task(s) {missing}")
+    left_out = [t for t in success if verdicts[t]["verdict"] != OBSERVABLE]
+    seen = [rate for t, rate in success.items() if t not in left_out]
+    return (sum(seen) / len(seen) if seen else None), left_out
+
+
 def markdown_report(report: dict) -> str:
     """A verdict table (one row per task, one verdict column per size) and the per-camera counts behind it."""
     sizes = report["sizes"]

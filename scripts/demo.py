@@ -102,6 +102,16 @@ def policy_inputs(checkpoint: Path) -> str:
     return Policy.load_config(checkpoint).inputs_description()
 
 
+def observability(checkpoint: Path) -> dict[str, dict]:
+    """Whether the trained policy's own cameras, at its training resolution, show what each task needs
+    (eval/observability.py): a task they cannot show is reported as such, beside the plain average."""
+    from eval.observability import task_verdicts
+    from vla.models.policy import Policy
+
+    cfg = Policy.load_config(checkpoint)
+    return task_verdicts("mw-easy", list(cfg.cameras), cfg.image_size)
+
+
 def serve_check(checkpoint: Path) -> dict:
     """Start `vla serve` in its own process, send one seeded request, compare with in-process inference."""
     import numpy as np
@@ -173,16 +183,37 @@ def serve_check(checkpoint: Path) -> dict:
             proc.kill()
 
 
+def observable_summary(trained: dict, verdicts: dict[str, dict]) -> tuple[str, str]:
+    """(one line for the terminal, a paragraph for the report): the average over the tasks the policy's
+    cameras can show, and which tasks they cannot show and why."""
+    from eval.observability import observable_average
+
+    avg, left_out = observable_average({n: t["success_rate"] for n, t in trained["tasks"].items()}, verdicts)
+    if not left_out:
+        return "", "The policy's cameras show every task's objects and goal at its training resolution."
+    seen = len(trained["tasks"]) - len(left_out)
+    mean = f"{avg:.2f}" if avg is not None else "n/a"
+    why = "; ".join(f"**{t}**: {verdicts[t]['verdict']} ({verdicts[t]['why']})" for t in left_out)
+    return (
+        f"; over the {seen} tasks its cameras can show: {mean}",
+        f"Not every task can be seen. {why}. Average over the {seen} tasks the cameras show: **{mean}**.",
+    )
+
+
 def write_report(out: Path, ctx: dict) -> Path:
-    trained, random_ = ctx["eval_policy"], ctx["eval_random"]
-    rows = ["| task | trained policy | 95% CI | random policy | 95% CI |", "|---|---|---|---|---|"]
+    trained, random_, verdicts = ctx["eval_policy"], ctx["eval_random"], ctx["observability"]
+    size = trained["protocol"].get("image_size")
+    rows = [
+        f"| task | trained policy | 95% CI | random policy | 95% CI | seen by the cameras at {size} px |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, t in trained["tasks"].items():
         r = random_["tasks"][name]
         rows.append(
             f"| {name} | {t['success_rate']:.2f} | [{t['ci95'][0]:.2f}, {t['ci95'][1]:.2f}] | "
-            f"{r['success_rate']:.2f} | [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}] |"
+            f"{r['success_rate']:.2f} | [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}] | {verdicts[name]['verdict']} |"
         )
-    rows.append(f"| **average** | **{trained['average_success']:.2f}** | | **{random_['average_success']:.2f}** | |")
+    rows.append(f"| **average** | **{trained['average_success']:.2f}** | | **{random_['average_success']:.2f}** | | |")
     videos = sorted((out / "eval_policy" / "videos").glob("*.mp4"))
     train_summary, data = ctx["train"], ctx["data"]
     text = f"""# vla demo report
@@ -196,6 +227,8 @@ per task from the suite's fixed evaluation init states (disjoint from the demons
 
 The trained policy {"clearly beats" if trained["average_success"] > random_["average_success"] + 0.2 else "does not clearly beat"}
 the random policy on the same episodes.
+
+{observable_summary(trained, verdicts)[1]} (`vla observability --suite mw-easy` tells how each verdict is found.)
 
 **Inputs.** The policy sees {ctx["inputs"]}, nothing else: it must find the objects in the images.
 The images and the instruction go through the VLM (a tiny SmolVLM architecture with random initial
@@ -269,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = paths["train"] / "checkpoints" / "last"
     ctx["inputs"] = policy_inputs(ckpt)
     print(f"the policy sees {ctx['inputs']}")
+    ctx["observability"] = timed("observability", observability, ckpt)
     banner(f"3/5 evaluating on mw-easy ({eval_episodes} episodes per task): trained policy, then random")
     ctx["eval_policy"] = timed(
         "eval policy", evaluate, paths["eval_policy"], ckpt, None, eval_episodes, num_envs, 1, device
@@ -282,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     banner("5/5 report")
     report = write_report(out, ctx)
     print(f"""
-trained policy: average success {ctx["eval_policy"]["average_success"]:.2f}  (random: {ctx["eval_random"]["average_success"]:.2f})
+trained policy: average success {ctx["eval_policy"]["average_success"]:.2f}{observable_summary(ctx["eval_policy"], ctx["observability"])[0]}  (random: {ctx["eval_random"]["average_success"]:.2f})
   data        {paths["data"]}
   training    {paths["train"]}  (metrics.jsonl, loss_curve.png, checkpoints/last)
   evaluation  {paths["eval_policy"]}  and  {paths["eval_random"]}  (results.json, results.md, videos/)

@@ -98,3 +98,32 @@ def test_cli_finds_drawer_close_goal_fixed_to_the_drawer_and_writes_its_frames(t
     frame = Image.open(out / "drawer-close-v3.png")
     assert frame.width == 2 * 64 * 4  # two cameras side by side, upscaled 4x
     assert (out / "contact_sheet.png").is_file() and "drawer-close-v3" in (out / "observability.md").read_text()
+
+
+@pytest.mark.sim
+def test_a_policys_cameras_miss_reachs_goal_at_64_px_and_see_it_at_128():
+    """task_verdicts judges through the policy's own cameras and resolution: reach-v3's goal marker is one pixel
+    in `image` at 64 px and outside `wrist`'s view; at 128 px it is visible. The drawer stays visible."""
+    from eval.observability import task_verdicts
+
+    tasks = ["reach-v3", "drawer-close-v3"]
+    at64 = task_verdicts("mw-easy", ["image", "wrist"], 64, tasks)
+    assert {t: v["verdict"] for t, v in at64.items()} == {"reach-v3": GOAL_NOT_VISIBLE, "drawer-close-v3": OBSERVABLE}
+    assert task_verdicts("mw-easy", ["image", "wrist"], 128, ["reach-v3"])["reach-v3"]["verdict"] == OBSERVABLE
+    # the wrist camera alone never shows reach's goal, at any of these sizes
+    assert task_verdicts("mw-easy", ["wrist"], 128, ["reach-v3"])["reach-v3"]["verdict"] == GOAL_NOT_VISIBLE
+
+
+def test_observable_average_leaves_out_what_the_cameras_cannot_show():
+    from eval.observability import observable_average
+
+    verdicts = {
+        "reach-v3": {"verdict": GOAL_NOT_VISIBLE, "why": "1 px"},
+        "drawer-close-v3": {"verdict": OBSERVABLE, "why": ""},
+        "push-v3": {"verdict": OBSERVABLE, "why": ""},
+    }
+    success = {"reach-v3": 0.1, "drawer-close-v3": 1.0, "push-v3": 0.5}
+    assert observable_average(success, verdicts) == (0.75, ["reach-v3"])
+    assert observable_average({"reach-v3": 0.1}, verdicts) == (None, ["reach-v3"])
+    with pytest.raises(KeyError, match="window-close-v3"):
+        observable_average({**success, "window-close-v3": 1.0}, verdicts)

@@ -73,6 +73,9 @@ def test_demo_pipeline_small(tmp_path):
     report = (out / "report.md").read_text()
     assert "random" in report and "privileged" not in report.lower()
     assert "`observation.state` (4 dims: proprioception)" in report  # the inputs, read from the checkpoint
+    # judged through the policy's own cameras at 64 px: reach's goal is not averaged in silently
+    assert "seen by the cameras at 64 px" in report and "**reach-v3**: goal not visible" in report
+    assert "tasks its cameras can show" in r.stdout
     assert (out / "train" / "loss_curve.png").stat().st_size > 0
     policy = json.loads((out / "eval_policy" / "results.json").read_text())
     random = json.loads((out / "eval_random" / "results.json").read_text())
