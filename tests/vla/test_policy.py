@@ -30,10 +30,10 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def make_policy(head: str = "flow", preset: str = "tiny-smolvlm", **kw) -> Policy:
+def make_policy(head: str = "flow", preset: str = "tiny-smolvlm", backbone: dict | None = None, **kw) -> Policy:
     torch.manual_seed(0)
     cfg = PolicyConfig(
-        backbone=BackboneConfig.get_choice_class("smolvlm")(preset=preset),
+        backbone=BackboneConfig.get_choice_class("smolvlm")(preset=preset, **(backbone or {})),
         head=HeadConfig.get_choice_class(head)(),
         chunk_size=6,
         n_action_steps=kw.pop("n_action_steps", 3),
@@ -85,6 +85,18 @@ def test_save_load_gives_identical_outputs(tmp_path, head):
     assert torch.equal(policy.predict_chunk(obs(), seed=0), loaded.predict_chunk(obs(), seed=0))
     assert json.loads((path / "stats.json").read_text())["actions"]["std"] == [5.0, 1.0, 0.5]
     assert len(checkpoint_hash(path)) == 16
+
+
+def test_save_load_rebuilds_the_conv_stem(tmp_path):
+    """The stem is not in the saved HF model config: the policy config records it, Policy.load rebuilds the
+    same modules, the weights load strictly and the chunks are identical."""
+    policy = make_policy("regression", backbone={"conv_stem": True})
+    path = policy.save(tmp_path / "ckpt")
+    assert json.loads((path / "config.json").read_text())["backbone"]["conv_stem"] is True
+    loaded = Policy.load(path)
+    stem = loaded.backbone.model.model.vision_model.embeddings.patch_embedding
+    assert isinstance(stem, torch.nn.Sequential)
+    assert torch.equal(policy.predict_chunk(obs(), seed=0), loaded.predict_chunk(obs(), seed=0))
 
 
 def test_load_rejects_mismatched_weights(tmp_path):

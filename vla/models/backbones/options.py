@@ -1,5 +1,6 @@
 """Changes to a loaded VLM that training options ask for: fewer layers, LoRA, activation checkpointing,
-another rotary base; and a parameter count. Each works on transformers' own modules and configs."""
+another rotary base, a convolutional stem; and a parameter count. Each works on transformers' own modules and
+configs."""
 
 from __future__ import annotations
 
@@ -60,6 +61,34 @@ def set_rope_theta(lm: nn.Module, text_config, theta: float) -> None:
         cfg.rope_parameters = params
     device = lm.rotary_emb.inv_freq.device
     lm.rotary_emb = type(lm.rotary_emb)(config=lm.config).to(device)
+
+
+def conv_stem(patchify: nn.Conv2d) -> nn.Sequential:
+    """A small CNN in place of a ViT's patchify convolution ("Early convolutions help transformers see
+    better", Xiao et al. 2021), with its contract: (B, C, H, W) -> (B, width, H/patch, W/patch).
+
+    log2(patch) stages of 3x3 stride-2 convolution + GroupNorm(1, c) + GELU, channels doubling up to the
+    width (tiny SmolVLM, patch 8, width 64: 16, 32, 64), then a 1x1 convolution to the width. GroupNorm,
+    not BatchNorm: training and inference batches differ. Created on the patchify conv's device and dtype.
+    """
+    patch, width = patchify.kernel_size[0], patchify.out_channels
+    if patchify.kernel_size != patchify.stride or patch < 2 or patch & (patch - 1):
+        raise ValueError(
+            "policy.backbone.conv_stem halves the image once per stage: patch_size must be a power of two "
+            f"(2, 4, 8 ...), got {patch}"
+        )
+    stages = patch.bit_length() - 1
+    factory = {"device": patchify.weight.device, "dtype": patchify.weight.dtype}
+    layers, c_in = [], patchify.in_channels
+    for i in range(stages):
+        c = max(width >> (stages - 1 - i), 8)
+        layers += [
+            nn.Conv2d(c_in, c, 3, stride=2, padding=1, bias=False, **factory),
+            nn.GroupNorm(1, c, **factory),
+            nn.GELU(),
+        ]
+        c_in = c
+    return nn.Sequential(*layers, nn.Conv2d(c_in, width, 1, **factory))
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

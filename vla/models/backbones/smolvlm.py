@@ -22,6 +22,7 @@ from transformers import (
 from vla.models.backbones.base import BackboneConfig
 from vla.models.backbones.common import VLMBackbone, VLMConfig, instantiate, load_pretrained
 from vla.models.backbones.inputs import leading_special_ids
+from vla.models.backbones.options import conv_stem
 from vla.models.backbones.tokenizer import load_tokenizer
 
 # named as in SmolVLM's own tokenizer config (LeRobot's SmolVLA reads tokenizer.fake_image_token_id)
@@ -124,12 +125,17 @@ class SmolVLMBackboneConfig(VLMConfig):
     # A preset built from scratch: the vision tower's patch side (smaller: more image tokens, finer
     # positions; the tiny preset's 8 gives 16 tokens per 64 px camera, 4 gives 64). Not for real weights.
     patch_size: int | None = None
+    # A preset built from scratch: a small CNN (options.conv_stem) in place of the vision tower's patchify
+    # conv, same tokens out. Recorded in the policy config, so a checkpoint's architecture rebuilds it.
+    conv_stem: bool = False
 
     def build(self, state_dim: int, num_cameras: int, architecture: str | None = None) -> SmolVLMBackbone:
-        if self.patch_size and self.pretrained:
-            raise ValueError(
-                "policy.backbone.patch_size reshapes a preset built from scratch; pretrained weights fix it"
-            )
+        for option in ("patch_size", "conv_stem"):
+            if getattr(self, option) and self.pretrained:
+                raise ValueError(
+                    f"policy.backbone.{option} changes the vision tower of a preset built from scratch; "
+                    "pretrained weights fix it"
+                )
         if architecture or self.pretrained:
             # reloaded, the processor would pick the PIL backend, whose LANCZOS pixels differ by up to 0.23;
             # the torchvision backend keeps them identical to a fresh processor's
@@ -154,6 +160,9 @@ class SmolVLMBackboneConfig(VLMConfig):
                 **dims, image_token_id=processor.image_token_id, pad_token_id=processor.tokenizer.pad_token_id
             )
             model = instantiate(self, SmolVLMForConditionalGeneration, config)
+        if self.conv_stem:  # before the backbone's freezing and checkpointing options see the tower
+            embeddings = model.model.vision_model.embeddings
+            embeddings.patch_embedding = conv_stem(embeddings.patch_embedding)
         return SmolVLMBackbone(self, model, processor, state_dim, num_cameras)
 
 
