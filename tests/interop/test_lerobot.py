@@ -162,3 +162,13 @@ def test_export_merges_lora(lerobot_checkpoint, paligemma_dir, tmp_path):
     obs = {"images": torch.rand(2, 2, 3, 32, 32), "state": torch.randn(2, S), "instruction": TASKS}
     a, b = policy.eval().predict_chunk(obs, seed=[1, 2]), back.eval().predict_chunk(obs, seed=[1, 2])
     assert (a - b).abs().max() < 1e-5
+
+
+def test_a_conv_stem_is_not_lerobots_smolvla(lerobot_checkpoint):
+    """policy.backbone.conv_stem replaces the patchify conv LeRobot's SmolVLA loads: export names the option."""
+    ckpt, _ = lerobot_checkpoint("smolvla")
+    policy, _ = policy_from_lerobot(ckpt, None)
+    assert lerobot_type(policy.config) == "smolvla"
+    policy.config.backbone.conv_stem = True
+    with pytest.raises(ValueError, match=r"closest is smolvla.*policy\.backbone\.conv_stem: True != False"):
+        lerobot_type(policy.config)

@@ -45,7 +45,7 @@ ARCHITECTURES: dict[str, dict[str, dict]] = {
         "backbone": {
             "type": "smolvlm", "state_mode": "token", "prompt": "newline", "image_resize": "pad_top_left",
             "position_offset": 0, "prefix_attention": "bidirectional", "scale_embeddings": True, "rope_theta": 10_000.0,
-            "image_special_tokens": False,
+            "image_special_tokens": False, "conv_stem": False,
         },
         "head": {"type": "flow", "expert.type": "smolvla", "time_conditioning": "concat", "action_attention": "causal"},
     },
