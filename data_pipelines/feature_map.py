@@ -168,6 +168,11 @@ class FeatureMap:
         """Dataset keys of the observation: the cameras and the state."""
         return [k for _, k in self.cameras] + ([self.state] if self.state else [])
 
+    @property
+    def stats_keys(self) -> list[str]:
+        """The dataset columns normalization needs statistics of: action, state, auxiliary target."""
+        return [self.action] + ([self.state] if self.state else []) + ([self.auxiliary] if self.auxiliary else [])
+
     def stats_for(self, stats: Mapping[str, Mapping]) -> dict[str, dict]:
         """Dataset-keyed statistics -> canonical ``{"state": ..., "actions": ...}`` for the Normalizer."""
         out = {T.ACTIONS: dict(stats[self.action])} if self.action in stats else {}
@@ -175,8 +180,7 @@ class FeatureMap:
             out[T.STATE] = dict(stats[self.state])
         if self.auxiliary and self.auxiliary in stats:
             out[T.AUX_TARGET] = dict(stats[self.auxiliary])
-        wanted = [self.action] + ([self.state] if self.state else []) + ([self.auxiliary] if self.auxiliary else [])
-        missing = [k for k in wanted if k not in stats]
+        missing = [k for k in self.stats_keys if k not in stats]
         if missing:
             raise KeyError(f"stats have no entry for {missing}; present: {sorted(stats)}")
         return out

@@ -169,8 +169,7 @@ def _stats(src: LeRobotSource) -> dict:
     Only the episodes the run trains on (``dataset.episodes``): held-out ones must not shape normalization.
     """
     fmap = src.feature_map
-    keys = [fmap.action] + ([fmap.state] if fmap.state else []) + ([fmap.auxiliary] if fmap.auxiliary else [])
-    return fmap.stats_for(compute_stats(src.root, keys, episodes=src.episodes))
+    return fmap.stats_for(compute_stats(src.root, fmap.stats_keys, episodes=src.episodes))
 
 
 def _parse_member(spec: str) -> tuple[str, float]:
