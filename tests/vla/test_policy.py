@@ -30,7 +30,9 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def make_policy(head: str = "flow", preset: str = "tiny-smolvlm", backbone: dict | None = None, **kw) -> Policy:
+def make_policy(
+    head: str = "flow", preset: str = "tiny-smolvlm", backbone: dict | None = None, stats: dict | None = None, **kw
+) -> Policy:
     torch.manual_seed(0)
     cfg = PolicyConfig(
         backbone=BackboneConfig.get_choice_class("smolvlm")(preset=preset, **(backbone or {})),
@@ -42,7 +44,7 @@ def make_policy(head: str = "flow", preset: str = "tiny-smolvlm", backbone: dict
         action_dim=3,
         **kw,
     )
-    return Policy(cfg, STATS).eval()
+    return Policy(cfg, stats or STATS).eval()
 
 
 def obs(b: int = 2) -> dict:
@@ -263,18 +265,8 @@ AUX_STATS = {**STATS, "aux_target": {"mean": [0.0, 1.0, 5.0], "std": [1.0, 2.0, 
 def aux_policy(weight: float = 0.5, head: str = "regression") -> Policy:
     from vla.models.auxiliary import AuxiliaryConfig
 
-    torch.manual_seed(0)
-    cfg = PolicyConfig(
-        backbone=BackboneConfig.get_choice_class("smolvlm")(preset="tiny-smolvlm"),
-        head=HeadConfig.get_choice_class(head)(),
-        chunk_size=6,
-        n_action_steps=3,
-        cameras=["image", "wrist"],
-        state_dim=4,
-        action_dim=3,
-        auxiliary=AuxiliaryConfig(key="observation.environment_state", weight=weight, dim=3),
-    )
-    return Policy(cfg, AUX_STATS)
+    aux = AuxiliaryConfig(key="observation.environment_state", weight=weight, dim=3)
+    return make_policy(head, stats=AUX_STATS, auxiliary=aux).train()
 
 
 def aux_batch() -> dict:
