@@ -35,6 +35,17 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 
 # ---- the episode log (resume) ---------------------------------------------------------------
+def _identity(protocol: dict) -> dict:
+    """What makes two protocols the same evaluation: everything but when it ran and, for a policy known by
+    the hash of its weights, the path it was given as (``outputs/x/last`` and ``/work/outputs/x/last``, or
+    a moved checkpoint, are the same policy)."""
+    out = {k: v for k, v in protocol.items() if k != "timestamp"}
+    policy = out.get("policy")
+    if isinstance(policy, dict) and policy.get("checkpoint_hash"):
+        out["policy"] = {k: v for k, v in policy.items() if k != "name"}
+    return out
+
+
 class EpisodeLog:
     """Append-only record of finished episodes, tied to one protocol.
 
@@ -50,8 +61,8 @@ class EpisodeLog:
         self.records: dict[tuple[int, int], dict] = {}
         proto_path = self.out_dir / PROTOCOL_FILE
         if self.path.exists() and proto_path.exists():
-            old = json.loads(proto_path.read_text())
-            diff = sorted(k for k in set(old) | set(protocol) if k != "timestamp" and old.get(k) != protocol.get(k))
+            old, new = _identity(json.loads(proto_path.read_text())), _identity(protocol)
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             if diff:
                 raise ValueError(
                     f"{self.out_dir} holds episodes of a different evaluation protocol (differs in: {', '.join(diff)}); "

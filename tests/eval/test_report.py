@@ -69,6 +69,23 @@ def test_episode_log_resume_and_protocol_guard(tmp_path):
         report.EpisodeLog(tmp_path, dict(proto, seed=1))
 
 
+def test_episode_log_knows_a_checkpoint_by_its_hash_not_its_path(tmp_path):
+    """Resuming with the same checkpoint given as another path (relative, absolute, moved) continues;
+    other weights under the same path do not."""
+    proto = {"suite": "s", "policy": {"name": "outputs/run/last", "checkpoint_hash": "abc"}}
+    report.EpisodeLog(tmp_path, proto).append({"task_index": 0, "episode_index": 0, "success": True, "length": 5})
+    moved = dict(proto, policy={"name": "/work/outputs/run/last", "checkpoint_hash": "abc"})
+    assert report.EpisodeLog(tmp_path, moved).done(0, 0)
+    with pytest.raises(ValueError, match="different evaluation protocol .*policy"):
+        report.EpisodeLog(tmp_path, dict(proto, policy={"name": "outputs/run/last", "checkpoint_hash": "def"}))
+    named_only = {"suite": "s", "policy": {"name": "scripted"}}  # a policy without a hash is its name
+    report.EpisodeLog(tmp_path / "ref", named_only).append(
+        {"task_index": 0, "episode_index": 0, "success": True, "length": 5}
+    )
+    with pytest.raises(ValueError, match="different evaluation protocol .*policy"):
+        report.EpisodeLog(tmp_path / "ref", {"suite": "s", "policy": {"name": "random"}})
+
+
 def test_find_checkpoints(tmp_path):
     ck = tmp_path / "checkpoints"
     for name in ["step_0000200", "step_0000010", ".step_0000300.partial"]:
