@@ -334,6 +334,16 @@ def test_a_preset_of_another_family_keeps_every_option():
     assert (resolved.dtype, resolved.image_size, resolved.max_text_tokens) == ("bfloat16", 64, 12)
 
 
+def test_a_preset_of_another_family_refuses_an_option_it_would_drop():
+    """SmolVLM's conv stem set, then a PaliGemma preset: an error naming the option, not a model without it."""
+    from vla.models.backbones.base import BackboneConfig
+    from vla.models.policy import resolve_backbone_config
+
+    cfg = BackboneConfig.get_choice_class("smolvlm")(preset="tiny-paligemma", conv_stem=True)
+    with pytest.raises(ValueError, match="no option conv_stem=True"):
+        resolve_backbone_config(cfg)
+
+
 def test_smolvlm_preset_patch_and_image_size_reshape_the_vision_tower():
     """A from-scratch preset can trade speed for finer image tokens: patch 4 at 64 px gives 64 tokens per camera
     (8 gives 16), and image_size 128 keeps patch 8 with 64 tokens; shapes that do not tile are refused."""

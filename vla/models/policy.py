@@ -13,6 +13,7 @@ exactly as it trained.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -79,7 +80,23 @@ def resolve_backbone_config(cfg: BackboneConfig) -> BackboneConfig:
         return cfg
     target = BackboneConfig.get_choice_class(family)
     shared = set(target.__dataclass_fields__) & set(type(cfg).__dataclass_fields__)  # dtype, image_size ... too
+    lost = [f"{k}={getattr(cfg, k)!r}" for k in _changed_fields(cfg) if k not in shared]
+    if lost:  # e.g. --policy.backbone.conv_stem=true (SmolVLM's) then a PaliGemma preset: say so, never drop it
+        raise ValueError(
+            f"policy.backbone.preset={cfg.preset!r} switches the backbone to {family!r}, which has no option "
+            f"{', '.join(lost)} (set for {cfg.type!r}); remove it or pick a {cfg.type!r} preset"
+        )
     return target(preset=preset, **{k: getattr(cfg, k) for k in shared if k != "preset"})
+
+
+def _changed_fields(cfg) -> list[str]:
+    """The dataclass fields of ``cfg`` that differ from their defaults."""
+    changed = []
+    for f in dataclasses.fields(cfg):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if getattr(cfg, f.name) != default:
+            changed.append(f.name)
+    return changed
 
 
 @dataclass
