@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 PEER_DIR := .peers/lerobot
 PEER_PACKAGES := transformers==5.5.4 tokenizers==0.22.2
 
-.PHONY: install system-deps venv test test-fast demo demo-gpu lint format bench clean
+.PHONY: install system-deps venv test test-fast test-gpu demo demo-gpu lint format bench clean
 
 install: system-deps venv  ## Debian packages, .venv with Python 3.12, the stack, LIBERO configured offline
 	@echo "install: done. Next: make demo (or make test)"
@@ -41,6 +41,9 @@ test:  ## the whole suite (CPU; GPU-only tests skip themselves)
 
 test-fast:  ## skip slow and simulator tests
 	MUJOCO_GL=egl $(PY) -m pytest -q -m "not slow and not sim" $(PYTEST_ARGS)
+
+test-gpu:  ## the GPU suite (tests/gpu): on a CUDA machine; every test skips without one (scripts/gpu/check.sh runs it on a lent GPU)
+	MUJOCO_GL=egl $(PY) -m pytest -q -m gpu tests/gpu $(PYTEST_ARGS)
 
 demo:  ## the main job on the embedded default: generate demos, train, evaluate, serve, report
 	MUJOCO_GL=egl $(PY) -m scripts.demo $(DEMO_ARGS)
