@@ -12,6 +12,7 @@ from gpu_runs import REPO, TINY_TRAINING, metrics, run_vla, tiny_observation
 
 import vla.models.heads  # noqa: F401  (registers every head)
 from vla.models.heads.base import HeadConfig
+from vla.utils.net import free_port
 
 HEADS = sorted(HeadConfig.get_known_choices())
 
@@ -63,6 +64,8 @@ def test_zero_on_one_gpu_trains_and_exports(stage, metaworld_layout_dataset, tmp
         str(REPO / f"configs/accelerate/zero{stage}.yaml"),
         "--num_processes",
         "1",
+        "--main_process_port",  # the tests run 4 at a time on the GPU machine
+        str(free_port()),
         "-m",
     ]
     run_vla(
