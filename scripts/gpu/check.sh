@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks: the GPU suite (tests/gpu) and the GPU benchmarks, each stage with its own time limit,
-# everything written under $OUT (at most 8 files come back from the lent machine: check.log, gpu_tests.xml and
-# one JSON per benchmark).
+# everything written under $OUT: check.log (every stage's output), gpu_tests.xml, and DIR/bench.json + bench.md
+# per benchmark (the lent machine sends back at most 8 files per call: hence the calls below).
 #
 #   bash scripts/gpu/check.sh [STAGE ...]     stages: install tests bench-train bench-infer bench-eval (default: all)
 #
@@ -76,14 +76,14 @@ for s in "${stages[@]}"; do
       stage tests 420 "$PY" -m pytest -q -m gpu tests/gpu "${parallel[@]}" -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml" ;;
     bench-train)
       stage bench-train-eager 200 "$PY" -m vla bench train --scale pi0 --batch-sizes 16,32 \
-        --peer lerobot-pi0 --peer-pythonpath "$PEER" --out "$OUT/bench_train_eager.json"
+        --peer lerobot-pi0 --peer-pythonpath "$PEER" --out "$OUT/train_eager"
       stage bench-train-compiled 200 "$PY" -m vla bench train --scale pi0 --batch-sizes 16,32 --compile \
-        --out "$OUT/bench_train_compiled.json" ;;
+        --out "$OUT/train_compiled" ;;
     bench-infer)
       stage bench-infer-eager 150 "$PY" -m vla bench infer --scale pi0 \
-        --peer lerobot-pi0 --peer-pythonpath "$PEER" --out "$OUT/bench_infer_eager.json"
-      stage bench-infer-compiled 200 "$PY" -m vla bench infer --scale pi0 --compile --out "$OUT/bench_infer_compiled.json" ;;
-    bench-eval) stage bench-eval 150 "$PY" -m vla bench eval --suite mw10 --num-envs 8 --out "$OUT/bench_eval.json" ;;
+        --peer lerobot-pi0 --peer-pythonpath "$PEER" --out "$OUT/infer_eager"
+      stage bench-infer-compiled 200 "$PY" -m vla bench infer --scale pi0 --compile --out "$OUT/infer_compiled" ;;
+    bench-eval) stage bench-eval 150 "$PY" -m vla bench eval --suite mw10 --num-envs 8 --out "$OUT/eval" ;;
     *) log "unknown stage $s (known: install tests bench-train bench-infer bench-eval)"; exit 2 ;;
   esac
 done
