@@ -24,7 +24,8 @@ from websockets.sync.client import connect
 from vla.serve import PolicyClient, ServerError, protocol
 from vla.serve.batcher import DynamicBatcher
 from vla.serve.bench import bench_serve
-from vla.serve.obs_mapping import IMAGE_LAYOUT
+from vla.serve.obs_mapping import IMAGE_LAYOUT, MAX_PROMPT_BYTES
+from vla.serve.server import PolicyServer, ServeConfig, ServerThread
 from vla.utils.net import free_port
 
 API_KEY = "test-key"
@@ -151,6 +152,112 @@ def test_batcher_groups_by_key_caps_size_and_runs_keyless_items_alone():
         info.batch_size == len(next(b for b in batches if x in b))
         for x, (_, info) in zip([0, 1, 2, 3, 4, 5, 6, -1, -2], out, strict=True)
     )
+
+
+def test_a_failing_request_fails_alone_not_its_batch():
+    """run_batch raises for a batch holding a bad item: the others are retried alone and answered."""
+    calls: list[list[str]] = []
+
+    def run_batch(items):
+        calls.append(list(items))
+        if "bad" in items:
+            raise ValueError("bad item")
+        return [x.upper() for x in items]
+
+    async def main():
+        batcher = DynamicBatcher(run_batch, max_batch=3, max_wait_ms=200)
+        batcher.start()
+        out = await asyncio.gather(*(batcher.submit(x) for x in ["a", "bad", "c"]), return_exceptions=True)
+        await batcher.stop()
+        return out, batcher.stats.as_dict()
+
+    (a, bad, c), stats = asyncio.run(main())
+    assert calls[0] == ["a", "bad", "c"]
+    assert a[0] == "A" and c[0] == "C" and a[1].batch_size == 1
+    assert isinstance(bad, ValueError) and stats["errors"] == 1
+
+
+def _concurrently(server, observations: list[dict]) -> list:
+    """Send each observation from its own client at the same moment; a reply or the exception, per client."""
+    n = len(observations)
+    clients = [PolicyClient(server.url, api_key=API_KEY) for _ in range(n)]
+    barrier, out = threading.Barrier(n), [None] * n
+
+    def work(i):
+        barrier.wait()
+        try:
+            out[i] = clients[i].infer(observations[i])
+        except Exception as e:  # noqa: BLE001  returned to the test
+            out[i] = e
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for c in clients:
+        c.close()
+    return out
+
+
+def test_special_tokens_in_a_prompt_are_text_and_never_fail_a_batch(server, make_obs, policy, in_process):
+    """A prompt that spells the image placeholder would change the number of image tokens: read as text, it
+    is answered like any prompt, and so are the 7 requests batched with it."""
+    tricky = {**make_obs(20), "prompt": "<image> put the <fake_token_around_image> bowl <image><image>"}
+    replies = _concurrently(server, [tricky] + [make_obs(21 + i) for i in range(7)])
+    assert all(isinstance(r, dict) for r in replies), replies
+    assert max(r["server_timing"]["batch_size"] for r in replies) > 1
+    assert np.isfinite(in_process(policy, tricky, seed=1)).all()
+
+
+def test_an_inference_error_reaches_its_client_alone_and_without_the_servers_traceback(
+    server, make_obs, policy, monkeypatch
+):
+    real = policy.predict_chunk
+
+    def predict_chunk(obs, **kw):
+        if any("explode" in text for text in obs["instruction"]):
+            raise RuntimeError("the model refused this one")
+        return real(obs, **kw)
+
+    monkeypatch.setattr(policy, "predict_chunk", predict_chunk)
+    replies = _concurrently(server, [{**make_obs(30), "prompt": "explode"}] + [make_obs(31 + i) for i in range(3)])
+    assert isinstance(replies[0], ServerError) and "the model refused this one" in str(replies[0])
+    assert "Traceback" not in str(replies[0]) and ".py" not in str(replies[0])
+    assert all(isinstance(r, dict) for r in replies[1:]), replies
+
+
+def test_an_overlong_prompt_is_refused_by_size_without_stalling_other_clients(policy, checkpoint, make_obs):
+    """A 4 MiB prompt is refused (naming the limit) before it is tokenized: a client beside it keeps its
+    latency (before the limit, tokenizing it stalled every client for seconds)."""
+    cfg = ServeConfig(checkpoint=str(checkpoint), port=0, max_message_mb=16.0, max_batch=8, max_wait_ms=5.0)
+    with ServerThread(PolicyServer(policy, cfg)) as srv, PolicyClient(srv.url) as other:
+
+        def p99_ms(n: int = 15) -> float:
+            times = []
+            for i in range(n):
+                t = time.perf_counter()
+                other.infer(make_obs(40 + i))
+                times.append(1000 * (time.perf_counter() - t))
+            return float(np.percentile(times, 99))
+
+        normal = p99_ms()
+        errors: list[Exception] = []
+
+        def flood():
+            with PolicyClient(srv.url) as big:
+                for _ in range(4):
+                    try:
+                        big.infer({**make_obs(50), "prompt": "pick " * (2**20)})  # 5 MiB of text
+                    except ServerError as e:
+                        errors.append(e)
+
+        thread = threading.Thread(target=flood)
+        thread.start()
+        during = p99_ms()
+        thread.join(120)
+    assert len(errors) == 4 and all(f"exceeds the limit of {MAX_PROMPT_BYTES} bytes" in str(e) for e in errors)
+    assert during < 2 * normal + 50, (normal, during)
 
 
 def test_auth(server, make_obs):

@@ -40,7 +40,7 @@ class BatchStats:
 
     sizes: Counter = field(default_factory=Counter)  # batch size -> number of forward passes
     requests: int = 0
-    errors: int = 0  # requests whose forward pass failed
+    errors: int = 0  # requests whose forward pass failed, run alone (a failed batch's requests are retried alone)
     bad_requests: int = 0  # requests refused before batching (counted by the server)
     infer_ms_total: float = 0.0
 
@@ -132,7 +132,6 @@ class DynamicBatcher[T, R]:
         return same[: self.max_batch]
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             while not self._pending:
                 self._wakeup.clear()
@@ -155,20 +154,39 @@ class DynamicBatcher[T, R]:
             batch = self._compatible(first)
             taken = {id(p) for p in batch}
             self._pending = [p for p in self._pending if id(p) not in taken]
-            start = time.perf_counter()
             try:
-                results = await loop.run_in_executor(self._worker, self.run_batch, [p.item for p in batch])
-                if len(results) != len(batch):
-                    raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} requests")
-            except Exception as e:  # noqa: BLE001  every waiter gets the error; the server keeps serving
-                self.stats.errors += len(batch)
-                log.exception("batch of %d failed", len(batch))
+                await self._run(batch)
+            except Exception as e:  # noqa: BLE001  the server keeps serving
+                if len(batch) == 1:
+                    self._fail(batch[0], e)
+                    continue
+                # One request's fault must not fail the others (a prompt that breaks the model, say): each
+                # runs alone, and only the ones that fail alone get an error.
+                log.warning(
+                    "batch of %d failed (%s: %s); running its requests one at a time", len(batch), type(e).__name__, e
+                )
                 for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(e)
-                continue
-            infer_ms = (time.perf_counter() - start) * 1000.0
-            self.stats.record(len(batch), infer_ms)
-            for p, r in zip(batch, results, strict=True):
-                if not p.future.done():  # the client may have gone away
-                    p.future.set_result((r, BatchInfo(len(batch), (start - p.arrived) * 1000.0, infer_ms)))
+                    try:
+                        await self._run([p])
+                    except Exception as alone:  # noqa: BLE001
+                        self._fail(p, alone)
+
+    def _fail(self, pending: _Pending[T], error: Exception) -> None:
+        self.stats.errors += 1
+        log.error("request failed", exc_info=error)  # the traceback stays here; the waiter gets the error itself
+        if not pending.future.done():
+            pending.future.set_exception(error)
+
+    async def _run(self, batch: list[_Pending[T]]) -> None:
+        """One forward pass in the worker thread; each waiter gets its own result. Raises what run_batch raised."""
+        start = time.perf_counter()
+        results = await asyncio.get_running_loop().run_in_executor(
+            self._worker, self.run_batch, [p.item for p in batch]
+        )
+        if len(results) != len(batch):
+            raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} requests")
+        infer_ms = (time.perf_counter() - start) * 1000.0
+        self.stats.record(len(batch), infer_ms)
+        for p, r in zip(batch, results, strict=True):
+            if not p.future.done():  # the client may have gone away
+                p.future.set_result((r, BatchInfo(len(batch), (start - p.arrived) * 1000.0, infer_ms)))

@@ -44,6 +44,9 @@ STATE_KEY = "observation.state"
 PROMPT_KEY = "prompt"
 OBS_MAP_FILE = "obs_map.json"  # inside a checkpoint directory
 IMAGE_LAYOUT = "(Hi, Wi, 3) or (3, Hi, Wi), uint8 or float in [0, 1]"  # what an image may be, as clients read it
+# An instruction is a sentence, and the backbone reads its first 48 tokens or so: a longer one is refused before
+# anything tokenizes it, so that one client's 16 MiB string cannot stall the batch every other client waits on.
+MAX_PROMPT_BYTES = 4096
 
 
 class ObservationError(ValueError):
@@ -154,19 +157,25 @@ class ObsMapping:
             raise ObservationError(f"missing key(s) {named}; received {sorted(flat)}")
         images = [self._image(renamed[IMAGE_PREFIX + c], IMAGE_PREFIX + c) for c in cameras]
         state = self._state(renamed[STATE_KEY], state_dim)
-        prompt = renamed[PROMPT_KEY]
-        if isinstance(prompt, bytes):
-            prompt = prompt.decode(errors="replace")
-        if isinstance(prompt, np.ndarray) and prompt.dtype.kind == "U" and prompt.size == 1:
-            prompt = str(prompt.item())
-        if not isinstance(prompt, str):
-            raise ObservationError(f"{self._name(PROMPT_KEY)}: expected a string, got {type(prompt).__name__}")
+        prompt = self._prompt(renamed[PROMPT_KEY])
         seed = flat.get(SEED)
         if seed is not None:
             if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
                 raise ObservationError(f"{SEED}: expected an integer, got {type(seed).__name__} {seed!r}")
             seed = int(seed)
         return CanonicalObs(images=images, state=state, instruction=prompt, seed=seed)
+
+    def _prompt(self, prompt: Any) -> str:
+        if isinstance(prompt, np.ndarray) and prompt.dtype.kind == "U" and prompt.size == 1:
+            prompt = str(prompt.item())
+        if not isinstance(prompt, str | bytes):
+            raise ObservationError(f"{self._name(PROMPT_KEY)}: expected a string, got {type(prompt).__name__}")
+        size = len(prompt) if isinstance(prompt, bytes) else len(prompt.encode(errors="replace"))
+        if size > MAX_PROMPT_BYTES:
+            raise ObservationError(
+                f"{self._name(PROMPT_KEY)}: {size} bytes exceeds the limit of {MAX_PROMPT_BYTES} bytes for an instruction"
+            )
+        return prompt.decode(errors="replace") if isinstance(prompt, bytes) else prompt
 
     def _name(self, canonical: str) -> str:
         client = self.client_key(canonical)

@@ -31,7 +31,6 @@ import logging
 import signal
 import threading
 import time
-import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,7 @@ from websockets.http11 import Request, Response
 
 from vla.serve import protocol
 from vla.serve.batcher import DynamicBatcher
-from vla.serve.obs_mapping import CanonicalObs, ObservationError, ObsMapping
+from vla.serve.obs_mapping import MAX_PROMPT_BYTES, CanonicalObs, ObservationError, ObsMapping
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +167,7 @@ class PolicyServer:
             "max_batch": self.config.max_batch,
             "max_wait_ms": self.config.max_wait_ms,
             "max_message_bytes": self.config.max_message_bytes,
+            "max_prompt_bytes": MAX_PROMPT_BYTES,
             "batch_stats": self.batcher.stats.as_dict(),
         }
 
@@ -254,9 +254,8 @@ class PolicyServer:
                 try:
                     actions, info = await self.batcher.submit(obs)
                 except Exception as e:  # noqa: BLE001  reported to this client, the server keeps serving
-                    await self._send_error(
-                        ws, "inference_error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}", started
-                    )
+                    # the client learns what failed; the traceback stays in the server's log (the batcher logged it)
+                    await self._send_error(ws, "inference_error", f"{type(e).__name__}: {e}", started)
                     continue
                 total_ms = (time.perf_counter() - started) * 1000.0
                 timing = {
@@ -315,6 +314,7 @@ class PolicyServer:
                         "max_batch": self.config.max_batch,
                         "max_wait_ms": self.config.max_wait_ms,
                         "max_message_bytes": self.config.max_message_bytes,
+            "max_prompt_bytes": MAX_PROMPT_BYTES,
                         "auth": bool(self.config.api_key),
                     }
                 )

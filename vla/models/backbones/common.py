@@ -39,6 +39,7 @@ from vla.types import Prefix
 
 # token: one prefix token projected from the state; head: the head reads it; prompt: written into the text (pi0.5)
 STATE_MODES = ("token", "head", "prompt")
+MAX_CHARS_PER_TOKEN = 16  # instructions are cut to this many characters per text token before tokenizing
 
 
 @dataclass
@@ -225,9 +226,12 @@ class VLMBackbone(Backbone):
         inputs = self.pixel_inputs(pixels)
 
         text_ids, text_mask = [], []
-        for words in self.tokenizer(self.prompts(instruction, state, state_mask), add_special_tokens=False)[
-            "input_ids"
-        ]:
+        # split_special_tokens: an instruction that spells a special token ("<image>") is read as text; as a
+        # token it would change the number of image placeholders and break the whole batch it is in.
+        tokens = self.tokenizer(
+            self.prompts(instruction, state, state_mask), add_special_tokens=False, split_special_tokens=True
+        )
+        for words in tokens["input_ids"]:
             text = (self.text_prefix_ids + words)[: self.cfg.max_text_tokens]
             pad = self.cfg.max_text_tokens - len(text)
             text_ids.append(text + [self.pad_id] * pad)
@@ -239,7 +243,12 @@ class VLMBackbone(Backbone):
         return inputs
 
     def prompts(self, instruction: list[str], state=None, state_mask=None) -> list[str]:
-        """The text of each sample, in the backbone's prompt format (the state, normalized, if it reads it)."""
+        """The text of each sample, in the backbone's prompt format (the state, normalized, if it reads it).
+
+        Each instruction is cut to ``MAX_CHARS_PER_TOKEN`` characters per text token first: only the first
+        ``max_text_tokens`` tokens are read, and tokenizing a megabyte to keep 48 tokens would stall a batch."""
+        limit = MAX_CHARS_PER_TOKEN * self.cfg.max_text_tokens
+        instruction = [task[:limit] for task in instruction]
         if not self.prompt.uses_state:
             return [self.prompt.render(task, None) for task in instruction]
         if state is None:
