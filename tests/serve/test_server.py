@@ -361,3 +361,22 @@ def test_cli_serve_and_graceful_sigterm(checkpoint, make_obs, in_process, policy
     infer = [e for e in events if e["event"] == "infer"]
     assert len(infer) == 1 and infer[0]["total_ms"] > 0 and infer[0]["batch_size"] == 1
     assert any(e["event"] == "shutdown" and e["batch_stats"]["requests"] == 1 for e in events), out
+
+
+@pytest.mark.parametrize("busy", [True, False], ids=["port-in-use", "port-out-of-range"])
+def test_a_bad_or_busy_port_is_one_line(checkpoint, busy):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1] if busy else 70000
+        r = subprocess.run(
+            [sys.executable, "-m", "vla", "serve", "--checkpoint", str(checkpoint), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        )
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]
+    words = f"cannot listen on 127.0.0.1:{port}" if busy else "port must be in 0..65535"
+    assert words in r.stderr.splitlines()[0], r.stderr

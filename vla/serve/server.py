@@ -64,6 +64,8 @@ class ServeConfig:
     compile: bool = False  # regional torch.compile (CUDA graphs for the head on a GPU); compiled before serving
 
     def __post_init__(self):
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535 (0 picks a free one), got {self.port}")
         if self.max_message_mb <= 0:
             raise ValueError(f"max_message_mb must be > 0, got {self.max_message_mb}")
 
@@ -295,34 +297,41 @@ class PolicyServer:
         """Serve until ``stop`` is set; then close connections (code 1001) and finish the batch in flight."""
         self.batcher.start()
         hard_limit = self.config.max_message_bytes * protocol.HARD_LIMIT_FACTOR
-        async with serve(
-            self._handler,
-            self.config.host,
-            self.config.port,
-            process_request=self._process_request,
-            max_size=hard_limit,
-            compression=None,
-        ) as server:
-            self.port = server.sockets[0].getsockname()[1]
-            log.info(
-                json.dumps(
-                    {
-                        "event": "listening",
-                        "host": self.config.host,
-                        "port": self.port,
-                        "cameras": self.cameras,
-                        "max_batch": self.config.max_batch,
-                        "max_wait_ms": self.config.max_wait_ms,
-                        "max_message_bytes": self.config.max_message_bytes,
-            "max_prompt_bytes": MAX_PROMPT_BYTES,
-                        "auth": bool(self.config.api_key),
-                    }
+        try:
+            async with serve(
+                self._handler,
+                self.config.host,
+                self.config.port,
+                process_request=self._process_request,
+                max_size=hard_limit,
+                compression=None,
+            ) as server:
+                self.port = server.sockets[0].getsockname()[1]
+                log.info(
+                    json.dumps(
+                        {
+                            "event": "listening",
+                            "host": self.config.host,
+                            "port": self.port,
+                            "cameras": self.cameras,
+                            "max_batch": self.config.max_batch,
+                            "max_wait_ms": self.config.max_wait_ms,
+                            "max_message_bytes": self.config.max_message_bytes,
+                            "max_prompt_bytes": MAX_PROMPT_BYTES,
+                            "auth": bool(self.config.api_key),
+                        }
+                    )
                 )
-            )
-            if ready is not None:
-                ready.set()
-            await stop.wait()
-            log.info(json.dumps({"event": "shutdown", "batch_stats": self.batcher.stats.as_dict()}))
+                if ready is not None:
+                    ready.set()
+                await stop.wait()
+                log.info(json.dumps({"event": "shutdown", "batch_stats": self.batcher.stats.as_dict()}))
+        except OSError as e:  # the address: a port in use, a host this machine does not have
+            await self.batcher.stop()
+            raise RuntimeError(
+                f"cannot listen on {self.config.host}:{self.config.port}: {e.strerror or e}; "
+                "pick another --port (0 picks a free one) or --host"
+            ) from None
         await self.batcher.stop()
 
     def run(self) -> None:
