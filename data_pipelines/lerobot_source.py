@@ -113,6 +113,20 @@ def open_lerobot(
         raise FileNotFoundError(f"cannot open LeRobot dataset at {where}: {type(e).__name__}: {e}") from e
 
 
+def check_episodes_exist(episodes: list[int] | None, total: int, where) -> None:
+    """Name the episodes a dataset lacks (LeRobot would fail later with "Instruction 'train' corresponds to no data")."""
+    if episodes is None:
+        return
+    if not episodes:
+        raise ValueError(f"dataset.episodes is empty: list episodes of {where} (0..{total - 1}) or leave it unset")
+    missing = sorted({e for e in episodes if not 0 <= e < total})
+    if missing:
+        raise ValueError(
+            f"dataset.episodes: {where} has episodes 0..{total - 1}; no episode {', '.join(map(str, missing[:10]))}"
+            + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        )
+
+
 @dataclass
 class LeRobotSourceConfig:
     """One LeRobot dataset as a training source. ``root`` wins over the hub cache."""
@@ -138,6 +152,7 @@ class LeRobotSource(torch.utils.data.Dataset):
         self.feature_map = cfg.feature_map.build(meta)
         self.fps = meta.fps
         self.delta = delta_timestamps(self.feature_map, self.fps, cfg.chunk)
+        check_episodes_exist(cfg.episodes, meta.total_episodes, cfg.root or cfg.repo_id)
         self.dataset = open_lerobot(cfg.root, cfg.repo_id, self.delta, cfg.episodes, cfg.video_backend)
         self.meta = self.dataset.meta
         self._pid = os.getpid()

@@ -17,6 +17,8 @@ from typing import TypeVar, get_type_hints
 import draccus
 import yaml
 
+from vla.registry import lookup
+
 T = TypeVar("T")
 
 
@@ -24,9 +26,15 @@ class ConfigError(ValueError):
     pass
 
 
-def _choice_paths(cls: type, obj, prefix: str = "") -> dict[str, str]:
-    """Map dotted path -> default choice name for every ChoiceRegistry field under ``cls``."""
-    out: dict[str, str] = {}
+def at_least(name: str, value: float, low: float) -> None:
+    """Refuse a setting below ``low`` (or NaN) with one line naming it; called from configs' ``__post_init__``."""
+    if not value >= low:  # NaN fails too
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+
+
+def _choice_paths(cls: type, obj, prefix: str = "") -> dict[str, tuple[str, type]]:
+    """Map dotted path -> (default choice name, registry) for every ChoiceRegistry field under ``cls``."""
+    out: dict[str, tuple[str, type]] = {}
     if not dataclasses.is_dataclass(cls):
         return out
     hints = get_type_hints(cls)
@@ -35,7 +43,7 @@ def _choice_paths(cls: type, obj, prefix: str = "") -> dict[str, str]:
         value = getattr(obj, f.name, None)
         path = f"{prefix}{f.name}"
         if isinstance(ftype, type) and issubclass(ftype, draccus.ChoiceRegistry) and value is not None:
-            out[path] = ftype.get_choice_name(type(value))
+            out[path] = (ftype.get_choice_name(type(value)), ftype)
             out.update(_choice_paths(type(value), value, path + "."))
         elif isinstance(ftype, type) and dataclasses.is_dataclass(ftype) and value is not None:
             out.update(_choice_paths(ftype, value, path + "."))
@@ -89,7 +97,7 @@ def parse_config[T](cls: type[T], args: list[str]) -> T:
     given = {a[2:].split("=", 1)[0] for a in rest if a.startswith("--")}
     choices = _choice_paths(cls, default)
     known = _all_field_paths(cls, default)
-    for path, default_name in choices.items():
+    for path, (default_name, _) in choices.items():
         if path + ".type" in given or _yaml_get(recipe, path + ".type") is not None:
             continue
         if any(g.startswith(path + ".") for g in given) or isinstance(_yaml_get(recipe, path), dict):
@@ -99,6 +107,14 @@ def parse_config[T](cls: type[T], args: list[str]) -> T:
             close = difflib.get_close_matches(g, known, n=1)
             hint = f" Did you mean --{close[0]}?" if close else ""
             raise ConfigError(f"unknown config key --{g}.{hint}")
+    for path, (_, registry) in choices.items():  # an unknown type: one line naming the known ones (not a usage dump)
+        named = [a.partition("=")[2] for a in rest if a.startswith(f"--{path}.type=")]
+        for name in [*named, _yaml_get(recipe, path + ".type")]:
+            if name is not None and name not in registry.get_known_choices():
+                try:
+                    lookup(registry, name, f"--{path}.type")
+                except KeyError as e:
+                    raise ConfigError(e.args[0]) from None
     # A type switched on the command line (--policy.head.type=regression over a flow recipe) starts
     # from that type's defaults: the recipe's fields for the old type would not fit it.
     switched = False

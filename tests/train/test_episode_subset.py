@@ -78,3 +78,11 @@ def test_tokenizer_chunks_come_from_the_selected_episodes_only(split_dataset):
 def test_an_episode_the_dataset_lacks_is_named(split_dataset):
     with pytest.raises(ValueError, match=r"episodes \[7\] are not in .*split"):
         compute_stats(split_dataset, ["action"], episodes=[0, 7])
+
+
+def test_training_on_episodes_the_dataset_lacks_names_them(split_dataset):
+    """Before LeRobot opens the data (its own error is "Instruction 'train' corresponds to no data!")."""
+    with pytest.raises(ValueError, match=r"has episodes 0..3; no episode 7, 9"):
+        build_training_data(
+            DatasetConfig(root=str(split_dataset), episodes=[0, 7, 9]), policy_cfg(), AugmentConfig(enabled=False)
+        )

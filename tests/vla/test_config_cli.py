@@ -48,6 +48,40 @@ def test_unknown_or_mistyped_keys_are_named():
         parse_config(TrainConfig, ["--policy.head.type=bins", "--policy.action_norm=mean_std"])
 
 
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("--optim.lr=-1e-4", "optim.lr must be a finite number > 0, got -0.0001"),
+        ("--optim.lr=nan", "optim.lr must be a finite number > 0, got nan"),
+        ("--train.steps=0", "train.steps must be >= 1, got 0"),
+        ("--train.log_every=0", "train.log_every must be >= 1, got 0"),
+        ("--train.save_every=-5", "train.save_every must be >= 0, got -5"),
+        ("--train.keep_last=0", "train.keep_last must be >= 1, got 0"),
+        ("--optim.warmup_steps=-1", "optim.warmup_steps must be >= 0"),
+        ("--optim.min_lr_ratio=2", r"optim.min_lr_ratio must be in \[0, 1\]"),
+    ],
+)
+def test_settings_that_make_no_sense_are_refused_at_parse_time(override, words):
+    with pytest.raises(ConfigError, match=words):
+        parse_config(TrainConfig, [override])
+
+
+def test_an_unknown_choice_lists_the_known_ones_in_one_line():
+    with pytest.raises(
+        ConfigError, match=r"unknown --policy.head.type 'flwo'. Did you mean 'flow'\? Known: .*regression"
+    ) as e:
+        parse_config(TrainConfig, ["--policy.head.type=flwo"])
+    assert "\n" not in str(e.value)
+    r = subprocess.run(
+        [sys.executable, "-m", "vla", "train", "--policy.head.type=flwo"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "Did you mean 'flow'" in r.stderr and "usage:" not in r.stderr, r.stderr[-2000:]
+
+
 def test_contract_command_line_parses():
     cfg = parse_config(
         TrainConfig,

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from data_pipelines.augment import AugmentConfig
+from vla.config import at_least
 from vla.models.policy import PolicyConfig
 from vla.train.optim import OptimConfig
 
@@ -57,6 +58,20 @@ class LoopConfig:
     compile: bool = (
         False  # regional torch.compile of the VLM's MLPs, vision layers and head blocks (vla/models/compile.py)
     )
+
+    def __post_init__(self):
+        for name, low in (
+            ("steps", 1),
+            ("batch_size", 1),
+            ("num_workers", 0),
+            ("log_every", 1),
+            ("save_every", 0),
+            ("keep_last", 1),
+            ("eval_every", 0),
+            ("eval_episodes_per_task", 1),
+            ("eval_num_envs", 1),
+        ):
+            at_least(f"train.{name}", getattr(self, name), low)
 
 
 @dataclass

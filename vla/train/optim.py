@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vla.config import at_least
+
 
 @dataclass
 class OptimConfig:
@@ -19,6 +21,16 @@ class OptimConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0  # max global grad norm; 0 disables
+
+    def __post_init__(self):
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"optim.lr must be a finite number > 0, got {self.lr}")
+        if self.backbone_lr is not None and not (math.isfinite(self.backbone_lr) and self.backbone_lr >= 0):
+            raise ValueError(f"optim.backbone_lr must be a finite number >= 0 (0 freezes it), got {self.backbone_lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        for name in ("weight_decay", "warmup_steps", "grad_clip"):
+            at_least(f"optim.{name}", getattr(self, name), 0)
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
