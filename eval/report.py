@@ -18,6 +18,7 @@ import numpy as np
 
 from eval.stats import wilson_interval
 from vla.utils.atomic import atomic_file
+from vla.utils.jsonl import read_records
 
 log = logging.getLogger(__name__)
 
@@ -74,32 +75,25 @@ class EpisodeLog:
         _write_text_atomic(proto_path, json.dumps(protocol, indent=2))
 
     def _load(self) -> None:
-        lines = self.path.read_text().splitlines()
-        good = []
-        for i, line in enumerate(lines):
-            try:
-                rec = json.loads(line)
-                key = (int(rec["task_index"]), int(rec["episode_index"]))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                if i == len(lines) - 1:  # a line cut short by a kill: that episode is simply redone
-                    log.warning("%s: dropping an incomplete last line", self.path)
-                    continue
-                raise ValueError(f"{self.path}: line {i + 1} is not a valid episode record: {line[:120]!r}") from None
-            self.records[key] = rec
-            good.append(line)
-        if len(good) != len(lines):
-            _write_text_atomic(self.path, "".join(g + "\n" for g in good))
+        records = read_records(self.path, check=_episode_key)
+        self.records = {_episode_key(r): r for r in records}
+        if len(records) != len([line for line in self.path.read_text().splitlines() if line.strip()]):
+            _write_text_atomic(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
 
     def done(self, task_index: int, episode_index: int) -> bool:
         return (task_index, episode_index) in self.records
 
     def append(self, record: dict) -> None:
-        key = (int(record["task_index"]), int(record["episode_index"]))
+        key = _episode_key(record)
         with open(self.path, "a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
         self.records[key] = record
+
+
+def _episode_key(record: dict) -> tuple[int, int]:
+    return int(record["task_index"]), int(record["episode_index"])
 
 
 # ---- summaries -------------------------------------------------------------------------------

@@ -298,3 +298,51 @@ def test_ddp_periodic_eval_shares_the_episodes_among_ranks(metaworld_layout_data
     assert combined["overall"]["episodes"] == 5 and len(combined["tasks"]) == 5
     (logged,) = [row for row in metrics(out) if "eval_success" in row]
     assert logged["step"] == 2 and logged["eval_success"] == combined["average_success"]
+
+
+def _tiny_in_process(dataset, out, *extra):
+    from vla.config import parse_config
+    from vla.train.config import TrainConfig
+
+    args = [f"--dataset.root={dataset}", "--policy.head.type=regression", "--train.batch_size=2", f"--output_dir={out}"]
+    return parse_config(TrainConfig, [*args, *TINY, *extra])
+
+
+def test_a_full_disk_during_a_save_is_named_and_keeps_the_last_checkpoint(
+    metaworld_layout_dataset, tmp_path, monkeypatch
+):
+    import errno
+
+    from vla.models.policy import Policy
+    from vla.train.trainer import run_training
+
+    real, calls = Policy.write_checkpoint, []
+
+    def write_checkpoint(self, directory, **kw):
+        calls.append(directory)
+        real(self, directory, **kw)
+        if len(calls) == 2:  # the second save runs out of space after writing part of its files
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Policy, "write_checkpoint", write_checkpoint)
+    out = tmp_path / "run"
+    with pytest.raises(
+        RuntimeError, match=r"checkpoint step_0000004 could not be written.*No space left.*step_0000002, is intact"
+    ):
+        run_training(_tiny_in_process(metaworld_layout_dataset, out, "--train.steps=4", "--train.save_every=2"))
+    ckpts = out / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last", "step_0000002"]  # no partial folder left
+    monkeypatch.undo()
+    assert Policy.load(ckpts / "last").config.chunk_size == 4
+
+
+def test_a_torn_last_metrics_line_does_not_block_resume(metaworld_layout_dataset, tmp_path, caplog):
+    from vla.train.trainer import run_training
+
+    out = tmp_path / "run"
+    run_training(_tiny_in_process(metaworld_layout_dataset, out, "--train.steps=4", "--train.save_every=2"))
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "loss": 0.1')  # killed mid-write
+    run_training(_tiny_in_process(metaworld_layout_dataset, out, "--train.steps=6", "--resume=true"))
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4, 5, 6]
+    assert any("metrics.jsonl" in r.getMessage() and "cut short" in r.getMessage() for r in caplog.records)

@@ -65,23 +65,38 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp / STATE_DIR))
-        state_dict = acc.get_state_dict(acc._models[0]) if acc.distributed_type.name == "DEEPSPEED" else None
+        try:
+            acc.save_state(str(tmp / STATE_DIR))
+            state_dict = acc.get_state_dict(acc._models[0]) if acc.distributed_type.name == "DEEPSPEED" else None
+            if acc.is_main_process:
+                policy.write_checkpoint(tmp, state_dict=state_dict)
+                if ema is not None:
+                    with ema.swapped_into(policy):
+                        policy.write_checkpoint(tmp / "ema")
+                if self.obs_mapping is not None and self.obs_mapping.keys:
+                    for folder in [tmp] + ([tmp / "ema"] if ema is not None else []):
+                        self.obs_mapping.save(folder)
+                (tmp / TRAINER_STATE).write_text(json.dumps({"step": step}))
+        except Exception as e:  # a full disk raises OSError, or safetensors' own error: both leave a partial folder
+            raise self._failed_save(name, tmp, e) from e
         if acc.is_main_process:
-            policy.write_checkpoint(tmp, state_dict=state_dict)
-            if ema is not None:
-                with ema.swapped_into(policy):
-                    policy.write_checkpoint(tmp / "ema")
-            if self.obs_mapping is not None and self.obs_mapping.keys:
-                for folder in [tmp] + ([tmp / "ema"] if ema is not None else []):
-                    self.obs_mapping.save(folder)
-            (tmp / TRAINER_STATE).write_text(json.dumps({"step": step}))
             move_into_place(tmp, final)  # a checkpoint of the same step is swapped out, never half-deleted
             with atomic_file(self.last) as link:
                 os.symlink(name, link)
             self._prune()
         acc.wait_for_everyone()
         return final
+
+    def _failed_save(self, name: str, tmp: Path, error: Exception) -> RuntimeError:
+        """Remove the partial folder (it would fill the disk further) and say what is still there."""
+        shutil.rmtree(tmp, ignore_errors=True)
+        last = self.last.resolve().name if self.last.exists() else None
+        free_mb = shutil.disk_usage(self.root).free / 2**20
+        kept = f"the last complete checkpoint, {last}, is intact" if last else "no earlier checkpoint exists"
+        return RuntimeError(
+            f"checkpoint {name} could not be written in {self.root} ({type(error).__name__}: {error}); "
+            f"its partial folder was removed, {kept}; {free_mb:.0f} MiB free on that disk"
+        )
 
     def _prune(self) -> None:
         steps = sorted(p for p in self.root.glob("step_*") if p.is_dir())

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from vla.utils.jsonl import read_records
+
 
 def peak_memory_gb() -> float | None:
     if not torch.cuda.is_available():
@@ -41,8 +43,7 @@ class MetricsLogger:
         self.out.mkdir(parents=True, exist_ok=True)
         if resume and self.path.exists():
             # Keep what was logged up to the checkpoint; later rows are recomputed identically.
-            kept = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-            self.rows = [r for r in kept if r.get("step", 0) <= step]
+            self.rows = [r for r in read_records(self.path) if r.get("step", 0) <= step]  # a torn last line: dropped
         self.path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter

@@ -45,6 +45,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    fsync_tree(tmp)
     os.replace(tmp, path)
 
 
@@ -59,6 +60,7 @@ def move_into_place(tmp: Path, path: str | Path) -> None:
     """Rename the finished ``tmp`` to ``path``; an existing ``path`` is moved aside first and then
     deleted, so the swap is two renames and never a half-deleted directory."""
     path = Path(path)
+    fsync_tree(tmp)  # the data on disk before the name that says it is complete
     old = None
     if path.exists():
         old = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.old"
@@ -66,3 +68,18 @@ def move_into_place(tmp: Path, path: str | Path) -> None:
     os.replace(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def fsync_tree(path: str | Path) -> None:
+    """Flush ``path`` (a file, or every file and folder under a folder) to disk: after a power loss a renamed
+    name must not point at data the disk never received. A symbolic link is left alone."""
+    path = Path(path)
+    if path.is_symlink() or not path.exists():
+        return
+    items = [path] if path.is_file() else [*sorted(p for p in path.rglob("*") if not p.is_symlink()), path]
+    for item in items:
+        fd = os.open(item, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
