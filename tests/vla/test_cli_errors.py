@@ -71,3 +71,22 @@ def test_data_commands_keep_their_traceback_too(no_debug, tmp_path, capsys):
     log = no_debug / "logs" / "data-stats-error.log"
     assert "vla data stats: error:" in err and TRACEBACK not in err and f"full traceback: {log}" in err
     assert TRACEBACK in log.read_text()
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (
+            ["eval", "--checkpoint", "{tmp}/empty", "--suite", "mw-easy"],
+            "{tmp}/empty is not a policy checkpoint: missing",
+        ),
+        (["serve", "--checkpoint", "{tmp}/nowhere"], "checkpoint {tmp}/nowhere is not a directory"),
+        (["train", "--config", "{tmp}/recipe.yaml"], "config file not found: {tmp}/recipe.yaml"),
+    ],
+    ids=["checkpoint", "serve-checkpoint", "config"],
+)
+def test_a_missing_file_error_says_what_is_missing(no_debug, tmp_path, capsys, argv, words):
+    (tmp_path / "empty").mkdir()
+    err = _fails([a.format(tmp=tmp_path) for a in argv], capsys)
+    assert words.format(tmp=tmp_path) in err and TRACEBACK not in err
+    assert "dataset" not in err.lower()  # not a generic hint about datasets

@@ -27,7 +27,7 @@ ERROR_LOG = "error.log"  # inside a run's output directory
 # Failures that print as one line, with a hint where there is a general one; anything else is a bug and
 # keeps Python's own traceback on the terminal.
 HINTS: dict[type[Exception], str | None] = {
-    FileNotFoundError: "check the path named above (datasets are LeRobot v3 folders with meta/info.json inside)",
+    FileNotFoundError: "check the path named above",  # each message says what was looked for there
     ConfigError: "run with --help to list the options",
     KeyError: "check the names (dataset keys, registry names) against the message",
     ValueError: "check the shapes and values named in the message",
