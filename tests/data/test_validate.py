@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from data_pipelines.validate import validate_dataset
 
@@ -136,3 +137,149 @@ def test_shape_mismatch_against_info(three_cam_dataset, copy_dataset):
     ]
     assert "have 14 values, info.json says shape (13,)" in problems[0].message
     assert "32x32, info.json says 48x32" in problems[1].message
+
+
+# ---- what real pipelines break (issue 20): each corruption named by file, key and episode ---------------------
+EPISODES = "meta/episodes/chunk-000/file-000.parquet"
+
+
+def _rewrite(path, edit):
+    """Apply ``edit(columns: dict[str, list]) -> None`` to a parquet file, keeping its schema."""
+    table = pq.read_table(path)
+    columns = {name: table.column(name).to_pylist() for name in table.column_names}
+    edit(columns)
+    pq.write_table(pa.table({k: pa.array(v, type=table.schema.field(k).type) for k, v in columns.items()}), path)
+
+
+def _info(root, edit):
+    path = root / "meta" / "info.json"
+    info = json.loads(path.read_text())
+    edit(info)
+    path.write_text(json.dumps(info))
+
+
+def errors(problems):
+    return [p for p in problems if p.level == "error"]
+
+
+def test_timestamp_gap_and_backwards_name_the_episode_and_frame(three_cam_dataset, copy_dataset):
+    root = copy_dataset(three_cam_dataset)
+
+    def edit(c):
+        for row in range(40, 50):  # episode 1 (rows 30..49): a 0.5 s recorder stall before its frame 10
+            c["timestamp"][row] += 0.5
+        c["timestamp"][55], c["timestamp"][56] = (
+            c["timestamp"][56],
+            c["timestamp"][55],
+        )  # episode 2: frames 5, 6 swapped
+
+    _rewrite(root / DATA, edit)
+    problems = validate_dataset(root, decode_videos=False)
+    assert {(p.kind, p.where) for p in problems} == {("timestamps", "episode 1"), ("timestamps", "episode 2")}
+    said = " | ".join(str(p) for p in problems)
+    assert "episode 1: timestamp gap at frame(s) 10: 0.6 s after the frame before, 1/fps = 0.1 s" in said
+    assert "episode 2: timestamps do not increase at frame(s) 6" in said
+
+
+def test_fps_in_info_that_disagrees_with_the_timestamps(three_cam_dataset, copy_dataset):
+    root = copy_dataset(three_cam_dataset)
+    _info(root, lambda info: info.update(fps=30))
+    problems = validate_dataset(root, decode_videos=False)
+    assert [(p.kind, p.where) for p in problems] == [("fps", "meta/info.json")]
+    assert "fps is 30 but timestamps advance by 0.1 s per frame (10 fps)" in problems[0].message
+
+
+def test_rows_whose_episode_index_disagrees_with_meta_episodes(three_cam_dataset, copy_dataset):
+    root = copy_dataset(three_cam_dataset)
+    _rewrite(root / DATA, lambda c: c["episode_index"].__setitem__(slice(50, 86), [7] * 36))  # episode 2's rows
+    found = {(p.kind, p.where): p.message for p in validate_dataset(root, decode_videos=False)}
+    assert "rows of episode(s) 7 are in the data files but not in meta/episodes" in found["inconsistent", "data"]
+    assert "meta/episodes says 36 frames, the data files hold 0 rows" in found["inconsistent", "episode 2"]
+
+
+@pytest.mark.parametrize("metadata", ["stale", "consistent"])
+def test_duplicated_frames_are_named_by_episode(three_cam_dataset, copy_dataset, metadata):
+    """A frame of episode 1 written twice; with its metadata left as it was, or updated to match."""
+    root = copy_dataset(three_cam_dataset)
+
+    def edit(c):
+        for values in c.values():
+            values.insert(36, values[35])  # episode 1, frame 5 again
+        if metadata == "consistent":
+            c["index"] = list(range(len(c["index"])))
+
+    _rewrite(root / DATA, edit)
+    if metadata == "consistent":
+
+        def shift(c):
+            c["length"][1] += 1
+            c["dataset_to_index"][1] += 1
+            c["dataset_from_index"][2] += 1
+            c["dataset_to_index"][2] += 1
+
+        _rewrite(root / EPISODES, shift)
+        _info(root, lambda info: info.update(total_frames=87))
+    found = {(p.kind, p.where): p.message for p in validate_dataset(root, decode_videos=False)}
+    assert "frame_index is not 0..20: rows 6" in found["frame_index", "episode 1"]
+    if metadata == "stale":
+        assert "meta/episodes says 20 frames, the data files hold 21 rows" in found["inconsistent", "episode 1"]
+    else:
+        assert ("inconsistent", "episode 1") not in found
+
+
+def test_a_task_index_that_names_no_task(three_cam_dataset, copy_dataset):
+    root = copy_dataset(three_cam_dataset)
+    _rewrite(root / DATA, lambda c: c["task_index"].__setitem__(slice(30, 50), [5] * 20))
+    problems = validate_dataset(root, decode_videos=False)
+    assert [(p.kind, p.where) for p in problems] == [("task_index", "episode 1")]
+    assert "task_index 5 names no task in meta/tasks.parquet (2 tasks)" in problems[0].message
+
+
+def test_a_video_shorter_than_its_episode(three_cam_dataset, copy_dataset):
+    """Episode 2 ends at 8.6 s; its entry now says the overhead video holds it until 9.1 s."""
+    root = copy_dataset(three_cam_dataset)
+    key = "videos/observation.images.overhead/to_timestamp"
+    _rewrite(root / EPISODES, lambda c: c[key].__setitem__(2, c[key][2] + 0.5))
+    problems = validate_dataset(root)
+    assert [(p.kind, p.where) for p in problems] == [
+        ("short_video", "videos/observation.images.overhead/chunk-000/file-000.mp4")
+    ]
+    assert "episode 2 needs a frame at 9.000 s; its last frame is at 8.500 s" in problems[0].message
+    assert validate_dataset(root, decode_videos=False) == []  # only decoding can tell
+
+
+def test_a_frozen_action_and_a_zero_std_are_warnings(three_cam_dataset, copy_dataset, capsys):
+    root = copy_dataset(three_cam_dataset)
+    _rewrite(root / DATA, lambda c: c["action"].__setitem__(slice(0, 30), [c["action"][0]] * 30))  # episode 0
+    stats = json.loads((root / "meta" / "stats.json").read_text())
+    stats["observation.state"]["std"][3] = 0.0
+    (root / "meta" / "stats.json").write_text(json.dumps(stats))
+    problems = validate_dataset(root, decode_videos=False)
+    assert sorted((p.level, p.kind, p.where) for p in problems) == [
+        ("warning", "frozen_action", "episode 0"),
+        ("warning", "zero_std", "meta/stats.json:observation.state"),
+    ]
+    from vla.cli.data import main
+
+    assert main(["validate", str(root), "--no-decode", "--json"]) == 0  # warnings alone: still sound
+    report = json.loads(capsys.readouterr().out)
+    assert report["errors"] == 0 and report["warnings"] == 2
+    assert {p["kind"] for p in report["problems"]} == {"frozen_action", "zero_std"}
+
+
+def test_training_refuses_data_that_would_train_wrong(metaworld_layout_dataset, copy_dataset):
+    """The fast checks run before training: a timestamp going back in episode 1 stops it, naming the episode."""
+    from vla.models.backbones.base import BackboneConfig
+    from vla.models.heads.base import HeadConfig
+    from vla.models.policy import PolicyConfig
+    from vla.train.config import AugmentConfig, DatasetConfig
+    from vla.train.data import build_training_data
+
+    root = copy_dataset(metaworld_layout_dataset)
+    _rewrite(root / DATA, lambda c: c["timestamp"].__setitem__(30, 0.0))  # episode 1 (rows 24..43), frame 6
+    pcfg = PolicyConfig(
+        backbone=BackboneConfig.get_choice_class("smolvlm")(preset="tiny"),
+        head=HeadConfig.get_choice_class("regression")(),
+    )
+    with pytest.raises(ValueError, match=r"\[timestamps\] episode 1: timestamps do not increase at frame\(s\) 6"):
+        build_training_data(DatasetConfig(root=str(root)), pcfg, AugmentConfig(enabled=False))

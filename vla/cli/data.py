@@ -33,12 +33,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from data_pipelines.validate import validate_dataset
 
     problems = validate_dataset(args.path, chunk=args.chunk, decode_videos=not args.no_decode)
+    errors = sum(p.level == "error" for p in problems)
+    if args.json:  # for CI: one JSON document on stdout
+        report = {"path": str(args.path), "errors": errors, "warnings": len(problems) - errors}
+        print(json.dumps(report | {"problems": [p.as_dict() for p in problems]}, indent=2))
+        return 1 if errors else 0
     for p in problems:
         print(p)
-    if problems:
-        print(f"{args.path}: {len(problems)} problem(s)")
+    if errors:
+        print(
+            f"{args.path}: {errors} problem(s)"
+            + (f", {len(problems) - errors} warning(s)" if len(problems) > errors else "")
+        )
         return 1
-    print(f"{args.path}: OK")
+    print(f"{args.path}: OK" + (f" ({len(problems)} warning(s))" if problems else ""))
     return 0
 
 
@@ -204,11 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser(
         "validate",
         help="check a dataset; list every problem with its file/episode/frame",
-        description="Check a LeRobot v3 dataset: metadata, parquet files, videos, NaN/inf, shapes, episode lengths. Exit 0 when sound, 1 with problems.",
+        description="Check a LeRobot v3 dataset: metadata, parquet files, videos (the last frame of every episode), "
+        "NaN/inf, shapes, episode lengths, frame/episode/task indices, timestamps against fps; warn about frozen "
+        "actions and zero std. Exit 0 when sound (warnings allowed), 1 with errors.",
     )
     v.add_argument("path")
     v.add_argument("--chunk", type=int, default=None, help="flag episodes shorter than this action chunk length")
     v.add_argument("--no-decode", action="store_true", help="only check that video files exist, do not decode them")
+    v.add_argument(
+        "--json", action="store_true", help="print one JSON report (level, kind, where, message per problem)"
+    )
     v.set_defaults(fn=cmd_validate)
 
     s = sub.add_parser(

@@ -5,6 +5,7 @@ This is the trainer's only door into ``data_pipelines``; it returns canonical ba
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from data_pipelines.stats import compute_stats, read_columns
 from vla import types as T
 from vla.train.sampler import Draw, SampleWeights
 from vla.utils.sample_rng import keyed_generators
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -102,9 +105,30 @@ def _source(
             f"dataset.root={root} does not exist. Generate one with `vla data generate --suite mw-easy "
             f"--episodes-per-task 5 --out {root}` or point dataset.root at a LeRobot v3 dataset."
         )
+    if root is not None:
+        refuse_unsound(root)
     return LeRobotSourceConfig(
         root=root, repo_id=repo_id, chunk=chunk, episodes=dcfg.episodes if primary else None, feature_map=fmap
     ).build()
+
+
+def refuse_unsound(root: str) -> None:
+    """The fast checks of `vla data validate` (metadata and parquet columns, no decoding), before the first
+    step: data that would train wrong (frames paired with the wrong time, a task that does not exist) stops
+    the run here, not hours in or never. Warnings are logged."""
+    from data_pipelines.validate import ERROR, validate_dataset
+
+    problems = validate_dataset(root, decode_videos=False)
+    for p in problems:
+        if p.level != ERROR:
+            log.warning("dataset %s: %s", root, p)
+    errors = [str(p) for p in problems if p.level == ERROR]
+    if errors:
+        more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+        raise ValueError(
+            f"dataset {root} would train wrong: {'; '.join(errors[:5])}{more}. `vla data validate {root}` lists "
+            "every problem"
+        )
 
 
 def build_training_data(dcfg, pcfg, acfg, seed: int = 0) -> TrainingData:
