@@ -32,7 +32,7 @@ TOLERANCE_S = 1e-4  # LeRobotDataset's default: consecutive timestamps lie 1/fps
 class Problem:
     # missing_meta, missing_key, missing_file, corrupt_parquet, missing_video, unreadable_video, short_video, shape,
     # non_finite, short_episode, inconsistent, frame_index, index, timestamps, fps, task_index, internal (errors);
-    # frozen_action, zero_std (warnings)
+    # frozen_action, constant_channel, zero_std (warnings)
     kind: str
     where: str  # file, key, or episode/frame
     message: str
@@ -129,7 +129,12 @@ def _check_numeric(report: _Report, path: Path, table: pa.Table, key: str, spec:
     else:
         report.add("shape", f"{path.relative_to(report.root)}:{key}", f"scalar column, info.json says shape ({dim},)")
         return
-    bad_rows = np.flatnonzero(~np.isfinite(values.astype(np.float64)).all(axis=1))
+    finite = np.isfinite(values.astype(np.float64))
+    constant = np.flatnonzero(finite.all(axis=0) & (np.ptp(values, axis=0) == 0)) if len(values) > 1 else []
+    if len(constant):
+        where = f"{path.relative_to(report.root)}:{key}"
+        report.add("constant_channel", where, f"dim(s) {_listed(constant)} never change in {len(values)} rows", WARNING)
+    bad_rows = np.flatnonzero(~finite.all(axis=1))
     if bad_rows.size == 0:
         return
     ep = table.column("episode_index").to_numpy() if "episode_index" in table.column_names else None

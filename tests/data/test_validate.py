@@ -248,23 +248,26 @@ def test_a_video_shorter_than_its_episode(three_cam_dataset, copy_dataset):
     assert validate_dataset(root, decode_videos=False) == []  # only decoding can tell
 
 
-def test_a_frozen_action_and_a_zero_std_are_warnings(three_cam_dataset, copy_dataset, capsys):
+def test_a_frozen_action_a_constant_channel_and_a_zero_std_are_warnings(three_cam_dataset, copy_dataset, capsys):
     root = copy_dataset(three_cam_dataset)
     _rewrite(root / DATA, lambda c: c["action"].__setitem__(slice(0, 30), [c["action"][0]] * 30))  # episode 0
+    _rewrite(root / DATA, lambda c: [row.__setitem__(5, 0.25) for row in c["observation.state"]])  # a dead sensor
     stats = json.loads((root / "meta" / "stats.json").read_text())
     stats["observation.state"]["std"][3] = 0.0
     (root / "meta" / "stats.json").write_text(json.dumps(stats))
     problems = validate_dataset(root, decode_videos=False)
     assert sorted((p.level, p.kind, p.where) for p in problems) == [
+        ("warning", "constant_channel", f"{DATA}:observation.state"),
         ("warning", "frozen_action", "episode 0"),
         ("warning", "zero_std", "meta/stats.json:observation.state"),
     ]
+    assert "dim(s) 5 never change in 86 rows" in str(problems)
     from vla.cli.data import main
 
     assert main(["validate", str(root), "--no-decode", "--json"]) == 0  # warnings alone: still sound
     report = json.loads(capsys.readouterr().out)
-    assert report["errors"] == 0 and report["warnings"] == 2
-    assert {p["kind"] for p in report["problems"]} == {"frozen_action", "zero_std"}
+    assert report["errors"] == 0 and report["warnings"] == 3
+    assert {p["kind"] for p in report["problems"]} == {"constant_channel", "frozen_action", "zero_std"}
 
 
 def test_training_refuses_data_that_would_train_wrong(metaworld_layout_dataset, copy_dataset):
