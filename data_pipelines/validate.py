@@ -353,11 +353,12 @@ def _check_stats(report: _Report, info: dict) -> None:
 
 
 def _check_video_file(
-    report: _Report, path: Path, key: str, spec: dict, spans: list[tuple[int, float]], fps: float
+    report: _Report, path: Path, key: str, spec: dict, spans: list[tuple[int, float]], fps: float, decode: bool
 ) -> None:
-    """Decode the first frame (its size against info.json) and the last frame of every episode stored in the
-    file (``spans``: episode, to_timestamp): a video shorter than its episodes fails only when training
-    samples those frames."""
+    """``spans``: (episode, to_timestamp) of the episodes stored in the file. Always (reading the header only):
+    the frames the container says it holds against what its episodes need. With ``decode``: the first frame's
+    size against info.json, and the last frame of every episode decoded. A video shorter than its episodes
+    fails only when training first samples those frames."""
     import av
 
     try:
@@ -366,6 +367,14 @@ def _check_video_file(
                 report.add("unreadable_video", path, f"{key}: file has no video stream")
                 return
             stream = container.streams.video[0]
+            # The stream's own rate: info.json's fps may be the thing that is wrong (reported by the fps check).
+            period = 1.0 / float(stream.average_rate) if stream.average_rate else 1.0 / fps
+            needed = round(max((end for _, end in spans), default=0.0) / period)
+            if stream.frames and stream.frames < needed:
+                report.add("short_video", path, f"{key}: holds {stream.frames} frames; its episodes need {needed}")
+                return
+            if not decode:
+                return
             frame = next(container.decode(stream))
             h, w = int(spec["shape"][0]), int(spec["shape"][1])
             if (frame.height, frame.width) != (h, w):
@@ -373,7 +382,7 @@ def _check_video_file(
                     "shape", path, f"{key}: video frames are {frame.height}x{frame.width}, info.json says {h}x{w}"
                 )
             for episode, end in spans:
-                last = end - 1.0 / fps  # the time of the episode's last frame in this file
+                last = end - period  # the time of the episode's last frame in this file
                 container.seek(max(0, int((last - 1.0) / stream.time_base)), stream=stream, backward=True)
                 latest = None
                 for frame in container.decode(stream):
@@ -416,13 +425,13 @@ def _check_videos(report: _Report, info: dict, episodes: pa.Table | None, decode
             path = report.root / rel
             if not path.is_file():
                 report.add("missing_video", rel, f"video file of camera {key} is missing")
-            elif decode:
+            else:
                 spans = [
                     (row["episode_index"], row[ends])
                     for row in episodes.select(["episode_index", *cols, ends]).to_pylist()
                     if (row[cols[0]], row[cols[1]]) == (chunk, file)
                 ] if ends in episodes.column_names else []  # fmt: skip
-                _check_video_file(report, path, key, info["features"][key], spans, float(info["fps"]))
+                _check_video_file(report, path, key, info["features"][key], spans, float(info["fps"]), decode)
 
 
 def _check_episodes(report: _Report, episodes: pa.Table, chunk: int | None) -> None:

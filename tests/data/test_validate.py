@@ -236,16 +236,30 @@ def test_a_task_index_that_names_no_task(three_cam_dataset, copy_dataset):
 
 
 def test_a_video_shorter_than_its_episode(three_cam_dataset, copy_dataset):
-    """Episode 2 ends at 8.6 s; its entry now says the overhead video holds it until 9.1 s."""
+    """Episode 2 ends at 8.6 s; its entry now says the overhead video holds it until 9.1 s. The file's header
+    (86 frames) tells without decoding, so training refuses it too."""
     root = copy_dataset(three_cam_dataset)
     key = "videos/observation.images.overhead/to_timestamp"
     _rewrite(root / EPISODES, lambda c: c[key].__setitem__(2, c[key][2] + 0.5))
+    for decode in (True, False):
+        problems = validate_dataset(root, decode_videos=decode)
+        assert [(p.kind, p.where) for p in problems] == [
+            ("short_video", "videos/observation.images.overhead/chunk-000/file-000.mp4")
+        ]
+        assert "holds 86 frames; its episodes need 91" in problems[0].message
+
+
+def test_an_episode_past_the_last_decoded_frame(three_cam_dataset, copy_dataset):
+    """Half a frame past the end: the header's count still suffices, decoding the episode's last frame does not."""
+    root = copy_dataset(three_cam_dataset)
+    key = "videos/observation.images.overhead/to_timestamp"
+    _rewrite(root / EPISODES, lambda c: c[key].__setitem__(2, c[key][2] + 0.05))
     problems = validate_dataset(root)
     assert [(p.kind, p.where) for p in problems] == [
         ("short_video", "videos/observation.images.overhead/chunk-000/file-000.mp4")
     ]
-    assert "episode 2 needs a frame at 9.000 s; its last frame is at 8.500 s" in problems[0].message
-    assert validate_dataset(root, decode_videos=False) == []  # only decoding can tell
+    assert "episode 2 needs a frame at 8.550 s; its last frame is at 8.500 s" in problems[0].message
+    assert validate_dataset(root, decode_videos=False) == []  # only decoding tells
 
 
 def test_a_frozen_action_a_constant_channel_and_a_zero_std_are_warnings(three_cam_dataset, copy_dataset, capsys):
