@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_policies import random_tiny_policy
 from torch._dynamo.utils import counters
 
-from vla.models.backbones.base import BackboneConfig
 from vla.models.compile import compile_for_inference, compile_regions
-from vla.models.heads.base import HeadConfig
-from vla.models.policy import Policy, PolicyConfig
+from vla.models.policy import Policy
 
 # bf16 carries 8 bits of mantissa: inductor's fused kernels round differently from eager's separate ones,
 # and the difference grows over the denoising steps. Two seeds differ by far more than this.
@@ -29,17 +28,8 @@ def fresh_dynamo():
 
 
 def tiny_policy(head: str, dtype: torch.dtype) -> Policy:
-    torch.manual_seed(0)
-    cfg = PolicyConfig(
-        backbone=BackboneConfig.get_choice_class("smolvlm")(preset="tiny"),
-        head=HeadConfig.get_choice_class(head)(),
-        chunk_size=8,
-        n_action_steps=4,
-        cameras=["front", "wrist"],
-        state_dim=5,
-        action_dim=4,
-    )
-    return Policy(cfg).to(device="cuda", dtype=dtype).eval()
+    policy = random_tiny_policy(head, ["front", "wrist"], 5, 4, stats=None, chunk_size=8, n_action_steps=4)
+    return policy.to(device="cuda", dtype=dtype)
 
 
 def observation(batch: int) -> dict:

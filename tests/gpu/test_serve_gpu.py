@@ -6,11 +6,10 @@ thread replays them (vla.models.compile.share_cudagraphs_with_threads): only a G
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 import torch
+from serve_clients import infer_concurrently
 from tiny_policies import random_tiny_policy
 
 from vla.models.policy import Policy
@@ -72,24 +71,11 @@ def test_compiled_server_answers_alone_and_batched_with_the_eager_chunk(served):
         assert relative_error(reply["actions"], eager_chunk(eager, obs, seed=7)) < FP32_RELATIVE
 
     n, rounds = 8, 3
-    clients = [PolicyClient(server.url) for _ in range(n)]
-    barrier, replies, errors = threading.Barrier(n), {}, []
-
-    def work(i: int) -> None:
-        try:
-            for r in range(rounds):
-                barrier.wait()
-                replies[i, r] = clients[i].infer(observation(100 * r + i, size))
-        except Exception as e:  # noqa: BLE001  reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
-    for c in clients:
-        c.close()
+    replies = {}
+    for r in range(rounds):
+        for i, reply in enumerate(infer_concurrently(server.url, [observation(100 * r + i, size) for i in range(n)])):
+            replies[i, r] = reply
+    errors = [reply for reply in replies.values() if isinstance(reply, Exception)]
     assert not errors, errors
     assert len(replies) == n * rounds
     assert max(r["server_timing"]["batch_size"] for r in replies.values()) > 1, "no request was batched"

@@ -19,6 +19,7 @@ import msgpack
 import numpy as np
 import pytest
 import websockets
+from serve_clients import infer_concurrently
 from websockets.sync.client import connect
 
 from vla.serve import PolicyClient, ServerError, protocol
@@ -177,34 +178,11 @@ def test_a_failing_request_fails_alone_not_its_batch():
     assert isinstance(bad, ValueError) and stats["errors"] == 1
 
 
-def _concurrently(server, observations: list[dict]) -> list:
-    """Send each observation from its own client at the same moment; a reply or the exception, per client."""
-    n = len(observations)
-    clients = [PolicyClient(server.url, api_key=API_KEY) for _ in range(n)]
-    barrier, out = threading.Barrier(n), [None] * n
-
-    def work(i):
-        barrier.wait()
-        try:
-            out[i] = clients[i].infer(observations[i])
-        except Exception as e:  # noqa: BLE001  returned to the test
-            out[i] = e
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    for c in clients:
-        c.close()
-    return out
-
-
 def test_special_tokens_in_a_prompt_are_text_and_never_fail_a_batch(server, make_obs, policy, in_process):
     """A prompt that spells the image placeholder would change the number of image tokens: read as text, it
     is answered like any prompt, and so are the 7 requests batched with it."""
     tricky = {**make_obs(20), "prompt": "<image> put the <fake_token_around_image> bowl <image><image>"}
-    replies = _concurrently(server, [tricky] + [make_obs(21 + i) for i in range(7)])
+    replies = infer_concurrently(server.url, [tricky] + [make_obs(21 + i) for i in range(7)], API_KEY)
     assert all(isinstance(r, dict) for r in replies), replies
     assert max(r["server_timing"]["batch_size"] for r in replies) > 1
     assert np.isfinite(in_process(policy, tricky, seed=1)).all()
@@ -221,7 +199,9 @@ def test_an_inference_error_reaches_its_client_alone_and_without_the_servers_tra
         return real(obs, **kw)
 
     monkeypatch.setattr(policy, "predict_chunk", predict_chunk)
-    replies = _concurrently(server, [{**make_obs(30), "prompt": "explode"}] + [make_obs(31 + i) for i in range(3)])
+    replies = infer_concurrently(
+        server.url, [{**make_obs(30), "prompt": "explode"}] + [make_obs(31 + i) for i in range(3)], API_KEY
+    )
     assert isinstance(replies[0], ServerError) and "the model refused this one" in str(replies[0])
     assert "Traceback" not in str(replies[0]) and ".py" not in str(replies[0])
     assert all(isinstance(r, dict) for r in replies[1:]), replies
@@ -278,26 +258,10 @@ def test_reconnects_after_the_link_drops(server, make_obs):
 
 
 def test_concurrent_clients_are_batched(server, make_obs):
-    n = 8
-    clients = [PolicyClient(server.url, api_key=API_KEY) for _ in range(n)]
-    barrier, replies, errors = threading.Barrier(n), [None] * n, []
-
-    def work(i):
-        try:
-            barrier.wait()
-            for _ in range(2):
-                replies[i] = clients[i].infer(make_obs(10 + i))
-        except Exception as e:  # noqa: BLE001
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    for c in clients:
-        c.close()
-    assert not errors
+    replies = [
+        r for _ in range(2) for r in infer_concurrently(server.url, [make_obs(10 + i) for i in range(8)], API_KEY)
+    ]
+    assert all(isinstance(r, dict) for r in replies), replies
     assert max(r["server_timing"]["batch_size"] for r in replies) > 1
     status, body = _http(f"http://127.0.0.1:{server.port}/healthz")
     stats = json.loads(body)["batch_stats"]
