@@ -5,6 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from data_pipelines import faults
 from data_pipelines.validate import validate_dataset
 
 DATA = "data/chunk-000/file-000.parquet"
@@ -139,41 +140,13 @@ def test_shape_mismatch_against_info(three_cam_dataset, copy_dataset):
     assert "32x32, info.json says 48x32" in problems[1].message
 
 
-# ---- what real pipelines break (issue 20): each corruption named by file, key and episode ---------------------
-EPISODES = "meta/episodes/chunk-000/file-000.parquet"
-
-
-def _rewrite(path, edit):
-    """Apply ``edit(columns: dict[str, list]) -> None`` to a parquet file, keeping its schema."""
-    table = pq.read_table(path)
-    columns = {name: table.column(name).to_pylist() for name in table.column_names}
-    edit(columns)
-    pq.write_table(pa.table({k: pa.array(v, type=table.schema.field(k).type) for k, v in columns.items()}), path)
-
-
-def _info(root, edit):
-    path = root / "meta" / "info.json"
-    info = json.loads(path.read_text())
-    edit(info)
-    path.write_text(json.dumps(info))
-
-
-def errors(problems):
-    return [p for p in problems if p.level == "error"]
+# ---- what real pipelines break (issue 20; data_pipelines/faults.py): each named by file, key and episode ---------
 
 
 def test_timestamp_gap_and_backwards_name_the_episode_and_frame(three_cam_dataset, copy_dataset):
     root = copy_dataset(three_cam_dataset)
-
-    def edit(c):
-        for row in range(40, 50):  # episode 1 (rows 30..49): a 0.5 s recorder stall before its frame 10
-            c["timestamp"][row] += 0.5
-        c["timestamp"][55], c["timestamp"][56] = (
-            c["timestamp"][56],
-            c["timestamp"][55],
-        )  # episode 2: frames 5, 6 swapped
-
-    _rewrite(root / DATA, edit)
+    faults.timestamp_gap(root)  # episode 1: a 0.5 s recorder stall before its frame 10
+    faults.timestamps_backwards(root)  # episode 2: frames 5 and 6 swapped
     problems = validate_dataset(root, decode_videos=False)
     assert {(p.kind, p.where) for p in problems} == {("timestamps", "episode 1"), ("timestamps", "episode 2")}
     said = " | ".join(str(p) for p in problems)
@@ -183,15 +156,16 @@ def test_timestamp_gap_and_backwards_name_the_episode_and_frame(three_cam_datase
 
 def test_fps_in_info_that_disagrees_with_the_timestamps(three_cam_dataset, copy_dataset):
     root = copy_dataset(three_cam_dataset)
-    _info(root, lambda info: info.update(fps=30))
-    problems = validate_dataset(root, decode_videos=False)
-    assert [(p.kind, p.where) for p in problems] == [("fps", "meta/info.json")]
-    assert "fps is 30 but timestamps advance by 0.1 s per frame (10 fps)" in problems[0].message
+    faults.fps_disagrees(root)
+    for decode in (False, True):  # and the videos, at their own rate, do not look short
+        problems = validate_dataset(root, decode_videos=decode)
+        assert [(p.kind, p.where) for p in problems] == [("fps", "meta/info.json")]
+        assert "fps is 30 but timestamps advance by 0.1 s per frame (10 fps)" in problems[0].message
 
 
 def test_rows_whose_episode_index_disagrees_with_meta_episodes(three_cam_dataset, copy_dataset):
     root = copy_dataset(three_cam_dataset)
-    _rewrite(root / DATA, lambda c: c["episode_index"].__setitem__(slice(50, 86), [7] * 36))  # episode 2's rows
+    faults.episode_index_disagrees(root)  # episode 2's rows labelled 7
     found = {(p.kind, p.where): p.message for p in validate_dataset(root, decode_videos=False)}
     assert "rows of episode(s) 7 are in the data files but not in meta/episodes" in found["inconsistent", "data"]
     assert "meta/episodes says 36 frames, the data files hold 0 rows" in found["inconsistent", "episode 2"]
@@ -201,24 +175,7 @@ def test_rows_whose_episode_index_disagrees_with_meta_episodes(three_cam_dataset
 def test_duplicated_frames_are_named_by_episode(three_cam_dataset, copy_dataset, metadata):
     """A frame of episode 1 written twice; with its metadata left as it was, or updated to match."""
     root = copy_dataset(three_cam_dataset)
-
-    def edit(c):
-        for values in c.values():
-            values.insert(36, values[35])  # episode 1, frame 5 again
-        if metadata == "consistent":
-            c["index"] = list(range(len(c["index"])))
-
-    _rewrite(root / DATA, edit)
-    if metadata == "consistent":
-
-        def shift(c):
-            c["length"][1] += 1
-            c["dataset_to_index"][1] += 1
-            c["dataset_from_index"][2] += 1
-            c["dataset_to_index"][2] += 1
-
-        _rewrite(root / EPISODES, shift)
-        _info(root, lambda info: info.update(total_frames=87))
+    (faults.duplicate_frame_stale if metadata == "stale" else faults.duplicate_frame_consistent)(root)
     found = {(p.kind, p.where): p.message for p in validate_dataset(root, decode_videos=False)}
     assert "frame_index is not 0..20: rows 6" in found["frame_index", "episode 1"]
     if metadata == "stale":
@@ -229,7 +186,7 @@ def test_duplicated_frames_are_named_by_episode(three_cam_dataset, copy_dataset,
 
 def test_a_task_index_that_names_no_task(three_cam_dataset, copy_dataset):
     root = copy_dataset(three_cam_dataset)
-    _rewrite(root / DATA, lambda c: c["task_index"].__setitem__(slice(30, 50), [5] * 20))
+    faults.task_index_dangles(root)
     problems = validate_dataset(root, decode_videos=False)
     assert [(p.kind, p.where) for p in problems] == [("task_index", "episode 1")]
     assert "task_index 5 names no task in meta/tasks.parquet (2 tasks)" in problems[0].message
@@ -239,8 +196,7 @@ def test_a_video_shorter_than_its_episode(three_cam_dataset, copy_dataset):
     """Episode 2 ends at 8.6 s; its entry now says the overhead video holds it until 9.1 s. The file's header
     (86 frames) tells without decoding, so training refuses it too."""
     root = copy_dataset(three_cam_dataset)
-    key = "videos/observation.images.overhead/to_timestamp"
-    _rewrite(root / EPISODES, lambda c: c[key].__setitem__(2, c[key][2] + 0.5))
+    faults.video_shorter_in_metadata(root)
     for decode in (True, False):
         problems = validate_dataset(root, decode_videos=decode)
         assert [(p.kind, p.where) for p in problems] == [
@@ -252,8 +208,8 @@ def test_a_video_shorter_than_its_episode(three_cam_dataset, copy_dataset):
 def test_an_episode_past_the_last_decoded_frame(three_cam_dataset, copy_dataset):
     """Half a frame past the end: the header's count still suffices, decoding the episode's last frame does not."""
     root = copy_dataset(three_cam_dataset)
-    key = "videos/observation.images.overhead/to_timestamp"
-    _rewrite(root / EPISODES, lambda c: c[key].__setitem__(2, c[key][2] + 0.05))
+    key = f"videos/{faults.CAM}/to_timestamp"
+    faults.rewrite_parquet(root / faults.EPISODES, lambda c: c[key].__setitem__(2, c[key][2] + 0.05))
     problems = validate_dataset(root)
     assert [(p.kind, p.where) for p in problems] == [
         ("short_video", "videos/observation.images.overhead/chunk-000/file-000.mp4")
@@ -264,11 +220,9 @@ def test_an_episode_past_the_last_decoded_frame(three_cam_dataset, copy_dataset)
 
 def test_a_frozen_action_a_constant_channel_and_a_zero_std_are_warnings(three_cam_dataset, copy_dataset, capsys):
     root = copy_dataset(three_cam_dataset)
-    _rewrite(root / DATA, lambda c: c["action"].__setitem__(slice(0, 30), [c["action"][0]] * 30))  # episode 0
-    _rewrite(root / DATA, lambda c: [row.__setitem__(5, 0.25) for row in c["observation.state"]])  # a dead sensor
-    stats = json.loads((root / "meta" / "stats.json").read_text())
-    stats["observation.state"]["std"][3] = 0.0
-    (root / "meta" / "stats.json").write_text(json.dumps(stats))
+    faults.frozen_action(root)  # episode 0
+    faults.zero_std(root)  # observation.state dim 3 in meta/stats.json
+    faults.rewrite_parquet(root / DATA, lambda c: [row.__setitem__(5, 0.25) for row in c["observation.state"]])
     problems = validate_dataset(root, decode_videos=False)
     assert sorted((p.level, p.kind, p.where) for p in problems) == [
         ("warning", "constant_channel", f"{DATA}:observation.state"),
@@ -293,7 +247,9 @@ def test_training_refuses_data_that_would_train_wrong(metaworld_layout_dataset, 
     from vla.train.data import build_training_data
 
     root = copy_dataset(metaworld_layout_dataset)
-    _rewrite(root / DATA, lambda c: c["timestamp"].__setitem__(30, 0.0))  # episode 1 (rows 24..43), frame 6
+    faults.rewrite_parquet(
+        root / DATA, lambda c: c["timestamp"].__setitem__(30, 0.0)
+    )  # episode 1 (rows 24..43), frame 6
     pcfg = PolicyConfig(
         backbone=BackboneConfig.get_choice_class("smolvlm")(preset="tiny"),
         head=HeadConfig.get_choice_class("regression")(),
