@@ -161,9 +161,10 @@ def video_truncated(root: Path, drop: int = 10) -> None:
 
 
 def video_shorter_in_metadata(root: Path) -> None:
-    """meta/episodes says the overhead video holds the last episode until 9.1 s; the file ends at 8.6 s."""
-    key = f"videos/{CAM}/to_timestamp"
-    rewrite_parquet(root / EPISODES, lambda c: c[key].__setitem__(2, c[key][2] + 0.5))
+    """meta/episodes places the last episode 0.5 s later in the overhead video than it is (a bad merge of
+    two recordings): training would read its last frames from past the end of the file (8.6 s)."""
+    for key in (f"videos/{CAM}/from_timestamp", f"videos/{CAM}/to_timestamp"):
+        rewrite_parquet(root / EPISODES, lambda c, key=key: c[key].__setitem__(2, c[key][2] + 0.5))
 
 
 def frozen_action(root: Path) -> None:
@@ -195,7 +196,12 @@ FAULTS: list[tuple[str, str, Callable[[Path], None], str]] = [
     ("6", "duplicated frame, metadata updated to match", duplicate_frame_consistent, REFUSE),
     ("7", "task_index pointing to no task", task_index_dangles, REFUSE),
     ("8", "video shorter than its episode (re-encoded without its last 10 frames)", video_truncated, REFUSE),
-    ("8b", "video shorter than its episode (meta/episodes to_timestamp +0.5 s)", video_shorter_in_metadata, REFUSE),
+    (
+        "8b",
+        "video shorter than its episode as meta/episodes places it (from/to_timestamp +0.5 s)",
+        video_shorter_in_metadata,
+        REFUSE,
+    ),
     ("9", "action frozen for a whole episode (episode 0)", frozen_action, WARN),
     ("10", "std = 0 in meta/stats.json (observation.state dim 3)", zero_std, WARN),
     ("11", "NaN in the action column (episode 1 frame 3)", nan_action, REFUSE),

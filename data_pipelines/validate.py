@@ -245,7 +245,7 @@ def _check_frames(report: _Report, info: dict, episodes: pa.Table, frames: pa.Ta
     rows_of = _episode_rows(ep)
     column = {k: frames.column(k).to_numpy() for k in ("frame_index", "index", "timestamp", "task_index") if k in cols}
     period = 1.0 / float(info["fps"])
-    steps = []  # (episode, its timestamp steps): the fps check needs them all
+    steps = []  # (episode, its timestamp steps, their tolerance): the fps check needs them all
     for i, e in enumerate(meta["episode_index"].tolist()):
         rows = rows_of(e)
         where = f"episode {e}"
@@ -267,7 +267,10 @@ def _check_frames(report: _Report, info: dict, episodes: pa.Table, frames: pa.Ta
             if not np.array_equal(column["index"][rows], np.arange(start, start + rows.size)):
                 report.add("index", where, f"index is not {start}..{start + rows.size - 1} as meta/episodes says")
         if "timestamp" in column and rows.size > 1:
-            steps.append((e, np.diff(column["timestamp"][rows].astype(np.float64))))
+            ts = column["timestamp"][rows]
+            # LeRobot stores float32: past 1024 s its rounding step (1.2e-4 s) exceeds LeRobot's own tolerance.
+            tol = np.maximum(TOLERANCE_S, 2 * np.spacing(np.abs(ts[1:]).astype(np.float32)).astype(np.float64))
+            steps.append((e, np.diff(ts.astype(np.float64)), tol))
     if steps:
         _check_timestamps(report, steps, period, info["fps"])
     if "task_index" in column:
@@ -276,8 +279,9 @@ def _check_frames(report: _Report, info: dict, episodes: pa.Table, frames: pa.Ta
         _check_frozen_actions(report, frames, rows_of, meta["episode_index"].tolist())
 
 
-def _check_timestamps(report: _Report, steps: list[tuple[int, np.ndarray]], period: float, fps) -> None:
-    median = float(np.median(np.concatenate([dt for _, dt in steps])))
+def _check_timestamps(report: _Report, steps: list[tuple[int, np.ndarray, np.ndarray]], period: float, fps) -> None:
+    """``steps``: per episode, its timestamp steps and the tolerance of each."""
+    median = float(np.median(np.concatenate([dt for _, dt, _ in steps])))
     if abs(median - period) > TOLERANCE_S:  # the whole dataset: info.json's fps is wrong, not one episode
         report.add(
             "fps",
@@ -285,11 +289,11 @@ def _check_timestamps(report: _Report, steps: list[tuple[int, np.ndarray]], peri
             f"fps is {fps} but timestamps advance by {median:.6g} s per frame ({1 / median:.4g} fps)",
         )
         return
-    for e, dt in steps:
+    for e, dt, tol in steps:
         back = np.flatnonzero(dt <= 0)
         if back.size:
             report.add("timestamps", f"episode {e}", f"timestamps do not increase at frame(s) {_listed(back + 1)}")
-        gaps = np.flatnonzero((dt > 0) & (np.abs(dt - period) > TOLERANCE_S))
+        gaps = np.flatnonzero((dt > 0) & (np.abs(dt - period) > tol))
         if gaps.size:
             report.add(
                 "timestamps",
@@ -352,13 +356,18 @@ def _check_stats(report: _Report, info: dict) -> None:
             )
 
 
+def header_frames(stream) -> int:
+    """The frame count a video stream's header gives (0: the container does not say; then only decoding tells)."""
+    return int(stream.frames or 0)
+
+
 def _check_video_file(
     report: _Report, path: Path, key: str, spec: dict, spans: list[tuple[int, float]], fps: float, decode: bool
 ) -> None:
-    """``spans``: (episode, to_timestamp) of the episodes stored in the file. Always (reading the header only):
-    the frames the container says it holds against what its episodes need. With ``decode``: the first frame's
-    size against info.json, and the last frame of every episode decoded. A video shorter than its episodes
-    fails only when training first samples those frames."""
+    """``spans``: (episode, time of its last frame in this file) for the episodes stored in the file. Always
+    (reading the header only): the frames the container says it holds against what its episodes need. With
+    ``decode``: the first frame's size against info.json, and the last frame of every episode decoded. A video
+    shorter than its episodes fails only when training first samples those frames."""
     import av
 
     try:
@@ -369,9 +378,10 @@ def _check_video_file(
             stream = container.streams.video[0]
             # The stream's own rate: info.json's fps may be the thing that is wrong (reported by the fps check).
             period = 1.0 / float(stream.average_rate) if stream.average_rate else 1.0 / fps
-            needed = round(max((end for _, end in spans), default=0.0) / period)
-            if stream.frames and stream.frames < needed:
-                report.add("short_video", path, f"{key}: holds {stream.frames} frames; its episodes need {needed}")
+            needed = round(max((last for _, last in spans), default=-period) / period) + 1
+            held = header_frames(stream)
+            if held and held < needed:
+                report.add("short_video", path, f"{key}: holds {held} frames; its episodes need {needed}")
                 return
             if not decode:
                 return
@@ -381,8 +391,7 @@ def _check_video_file(
                 report.add(
                     "shape", path, f"{key}: video frames are {frame.height}x{frame.width}, info.json says {h}x{w}"
                 )
-            for episode, end in spans:
-                last = end - period  # the time of the episode's last frame in this file
+            for episode, last in spans:
                 container.seek(max(0, int((last - 1.0) / stream.time_base)), stream=stream, backward=True)
                 latest = None
                 for frame in container.decode(stream):
@@ -396,7 +405,21 @@ def _check_video_file(
         report.add("unreadable_video", path, f"{key}: cannot decode ({type(e).__name__}: {e})")
 
 
-def _check_videos(report: _Report, info: dict, episodes: pa.Table | None, decode: bool) -> None:
+def _last_frame_times(frames: pa.Table | None) -> dict[int, float]:
+    """Each episode's last data timestamp: LeRobot reads a frame at ``from_timestamp + timestamp``."""
+    if frames is None or not {"episode_index", "timestamp"} <= set(frames.column_names):
+        return {}
+    ep, ts = frames.column("episode_index").to_numpy(), frames.column("timestamp").to_numpy().astype(np.float64)
+    if ep.size == 0:
+        return {}
+    order = np.argsort(ep, kind="stable")
+    ids, starts = np.unique(ep[order], return_index=True)
+    return dict(zip(ids.tolist(), np.maximum.reduceat(ts[order], starts).tolist(), strict=True))
+
+
+def _check_videos(
+    report: _Report, info: dict, episodes: pa.Table | None, decode: bool, frames: pa.Table | None = None
+) -> None:
     video_keys = [k for k, v in info["features"].items() if v.get("dtype") == "video"]
     if not video_keys:
         return
@@ -405,6 +428,7 @@ def _check_videos(report: _Report, info: dict, episodes: pa.Table | None, decode
         return
     if episodes is None:
         return
+    last = _last_frame_times(frames)
     for key in video_keys:
         cols = (f"videos/{key}/chunk_index", f"videos/{key}/file_index")
         if not set(cols) <= set(episodes.column_names):
@@ -419,19 +443,20 @@ def _check_videos(report: _Report, info: dict, episodes: pa.Table | None, decode
         pairs = sorted(
             set(zip(episodes.column(cols[0]).to_pylist(), episodes.column(cols[1]).to_pylist(), strict=True))
         )
-        ends = f"videos/{key}/to_timestamp"
+        starts = f"videos/{key}/from_timestamp"
+        rows = episodes.select(["episode_index", *cols, starts]).to_pylist() if starts in episodes.column_names else []
         for chunk, file in pairs:
             rel = info["video_path"].format(video_key=key, chunk_index=chunk, file_index=file)
             path = report.root / rel
             if not path.is_file():
                 report.add("missing_video", rel, f"video file of camera {key} is missing")
-            else:
-                spans = [
-                    (row["episode_index"], row[ends])
-                    for row in episodes.select(["episode_index", *cols, ends]).to_pylist()
-                    if (row[cols[0]], row[cols[1]]) == (chunk, file)
-                ] if ends in episodes.column_names else []  # fmt: skip
-                _check_video_file(report, path, key, info["features"][key], spans, float(info["fps"]), decode)
+                continue
+            spans = [  # (episode, the time in this file of the last frame training reads)
+                (row["episode_index"], row[starts] + last[row["episode_index"]])
+                for row in rows
+                if (row[cols[0]], row[cols[1]]) == (chunk, file) and row["episode_index"] in last
+            ]
+            _check_video_file(report, path, key, info["features"][key], spans, float(info["fps"]), decode)
 
 
 def _check_episodes(report: _Report, episodes: pa.Table, chunk: int | None) -> None:
@@ -459,7 +484,7 @@ def validate_dataset(path: str | Path, chunk: int | None = None, decode_videos: 
         return report.problems
     episodes = report.guard("meta/episodes", _load_episodes, report)
     frames = report.guard("data", _check_data, report, info, episodes)
-    report.guard("videos", _check_videos, report, info, episodes, decode_videos)
+    report.guard("videos", _check_videos, report, info, episodes, decode_videos, frames)
     report.guard("meta/stats.json", _check_stats, report, info)
     if episodes is not None:
         if frames is not None:

@@ -193,8 +193,8 @@ def test_a_task_index_that_names_no_task(three_cam_dataset, copy_dataset):
 
 
 def test_a_video_shorter_than_its_episode(three_cam_dataset, copy_dataset):
-    """Episode 2 ends at 8.6 s; its entry now says the overhead video holds it until 9.1 s. The file's header
-    (86 frames) tells without decoding, so training refuses it too."""
+    """Episode 2 is placed 0.5 s later in the overhead video than it is: its last frame would be read at 9.0 s
+    of an 8.6 s file. The file's header (86 frames) tells without decoding, so training refuses it too."""
     root = copy_dataset(three_cam_dataset)
     faults.video_shorter_in_metadata(root)
     for decode in (True, False):
@@ -205,17 +205,19 @@ def test_a_video_shorter_than_its_episode(three_cam_dataset, copy_dataset):
         assert "holds 86 frames; its episodes need 91" in problems[0].message
 
 
-def test_an_episode_past_the_last_decoded_frame(three_cam_dataset, copy_dataset):
-    """Half a frame past the end: the header's count still suffices, decoding the episode's last frame does not."""
+def test_an_episode_past_the_last_decoded_frame(three_cam_dataset, copy_dataset, monkeypatch):
+    """Where a container's header gives no frame count, decoding each episode's last frame still tells."""
+    from data_pipelines import validate
+
     root = copy_dataset(three_cam_dataset)
-    key = f"videos/{faults.CAM}/to_timestamp"
-    faults.rewrite_parquet(root / faults.EPISODES, lambda c: c[key].__setitem__(2, c[key][2] + 0.05))
+    faults.video_shorter_in_metadata(root)  # episode 2's last frame would be read at 9.0 s of an 8.6 s file
+    monkeypatch.setattr(validate, "header_frames", lambda stream: 0)
     problems = validate_dataset(root)
     assert [(p.kind, p.where) for p in problems] == [
         ("short_video", "videos/observation.images.overhead/chunk-000/file-000.mp4")
     ]
-    assert "episode 2 needs a frame at 8.550 s; its last frame is at 8.500 s" in problems[0].message
-    assert validate_dataset(root, decode_videos=False) == []  # only decoding tells
+    assert "episode 2 needs a frame at 9.000 s; its last frame is at 8.500 s" in problems[0].message
+    assert validate_dataset(root, decode_videos=False) == []  # without the header and without decoding: unseen
 
 
 def test_a_frozen_action_a_constant_channel_and_a_zero_std_are_warnings(three_cam_dataset, copy_dataset, capsys):
@@ -256,3 +258,32 @@ def test_training_refuses_data_that_would_train_wrong(metaworld_layout_dataset, 
     )
     with pytest.raises(ValueError, match=r"\[timestamps\] episode 1: timestamps do not increase at frame\(s\) 6"):
         build_training_data(DatasetConfig(root=str(root)), pcfg, AugmentConfig(enabled=False))
+
+
+def test_float32_timestamps_of_a_long_episode_are_not_gaps(metaworld_layout_dataset, copy_dataset):
+    """Past 1024 s a float32 timestamp moves in steps of 1.2e-4 s, more than LeRobot's 1e-4 s tolerance."""
+    root = copy_dataset(metaworld_layout_dataset)
+    faults.rewrite_parquet(
+        root / DATA, lambda c: c["timestamp"].__setitem__(slice(24, 44), [2000.0 + t for t in c["timestamp"][24:44]])
+    )
+    assert validate_dataset(root) == []
+
+
+def test_training_checks_only_the_episodes_it_reads_and_can_skip_the_check(metaworld_layout_dataset, copy_dataset):
+    from vla.models.backbones.base import BackboneConfig
+    from vla.models.heads.base import HeadConfig
+    from vla.models.policy import PolicyConfig
+    from vla.train.config import AugmentConfig, DatasetConfig
+    from vla.train.data import build_training_data
+
+    root = copy_dataset(metaworld_layout_dataset)
+    faults.rewrite_parquet(root / DATA, lambda c: c["timestamp"].__setitem__(30, 0.0))  # episode 1, frame 6
+    pcfg = PolicyConfig(
+        backbone=BackboneConfig.get_choice_class("smolvlm")(preset="tiny"),
+        head=HeadConfig.get_choice_class("regression")(),
+    )
+    assert (
+        len(build_training_data(DatasetConfig(root=str(root), episodes=[0]), pcfg, AugmentConfig(False)).dataset) == 24
+    )
+    data = build_training_data(DatasetConfig(root=str(root), validate=False), pcfg, AugmentConfig(enabled=False))
+    assert len(data.dataset) == 44  # the user said so

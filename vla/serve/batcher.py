@@ -162,10 +162,10 @@ class DynamicBatcher[T, R]:
                     continue
                 # One request's fault must not fail the others (a prompt that breaks the model, say): each
                 # runs alone, and only the ones that fail alone get an error.
-                log.warning(
-                    "batch of %d failed (%s: %s); running its requests one at a time", len(batch), type(e).__name__, e
-                )
+                log.warning("batch of %d failed; running its requests one at a time", len(batch), exc_info=e)
                 for p in batch:
+                    if p.future.done():  # its client has gone: no forward pass for it
+                        continue
                     try:
                         await self._run([p])
                     except Exception as alone:  # noqa: BLE001

@@ -77,10 +77,10 @@ class CheckpointManager:
                     for folder in [tmp] + ([tmp / "ema"] if ema is not None else []):
                         self.obs_mapping.save(folder)
                 (tmp / TRAINER_STATE).write_text(json.dumps({"step": step}))
+                move_into_place(tmp, final)  # a checkpoint of the same step is swapped out, never half-deleted
         except Exception as e:  # a full disk raises OSError, or safetensors' own error: both leave a partial folder
             raise self._failed_save(name, tmp, e) from e
         if acc.is_main_process:
-            move_into_place(tmp, final)  # a checkpoint of the same step is swapped out, never half-deleted
             with atomic_file(self.last) as link:
                 os.symlink(name, link)
             self._prune()
@@ -88,8 +88,10 @@ class CheckpointManager:
         return final
 
     def _failed_save(self, name: str, tmp: Path, error: Exception) -> RuntimeError:
-        """Remove the partial folder (it would fill the disk further) and say what is still there."""
-        shutil.rmtree(tmp, ignore_errors=True)
+        """Remove the partial folder (it would fill the disk further) and say what is still there. Only the main
+        process removes it: the other ranks may still be writing their shards into it."""
+        if self.acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
         last = self.last.resolve().name if self.last.exists() else None
         free_mb = shutil.disk_usage(self.root).free / 2**20
         kept = f"the last complete checkpoint, {last}, is intact" if last else "no earlier checkpoint exists"

@@ -35,6 +35,7 @@ class DatasetConfig:
     cache_max_gb: float = 8.0
     cache_persist: bool = True  # keep the decoded samples on disk; the next run with the same data loads them
     cache_dir: str | None = None  # where (None: $VLA_CACHE_DIR/samples, else ~/.cache/vla/samples)
+    validate: bool = True  # run vla data validate's fast checks first and refuse data with errors
 
 
 @dataclass

@@ -105,29 +105,37 @@ def _source(
             f"dataset.root={root} does not exist. Generate one with `vla data generate --suite mw-easy "
             f"--episodes-per-task 5 --out {root}` or point dataset.root at a LeRobot v3 dataset."
         )
-    if root is not None:
-        refuse_unsound(root)
+    if root is not None and dcfg.validate:
+        refuse_unsound(root, dcfg.episodes if primary else None)
     return LeRobotSourceConfig(
         root=root, repo_id=repo_id, chunk=chunk, episodes=dcfg.episodes if primary else None, feature_map=fmap
     ).build()
 
 
-def refuse_unsound(root: str) -> None:
+def refuse_unsound(root: str, episodes: list[int] | None = None) -> None:
     """The fast checks of `vla data validate` (metadata and parquet columns, no decoding), before the first
     step: data that would train wrong (frames paired with the wrong time, a task that does not exist) stops
-    the run here, not hours in or never. Warnings are logged."""
+    the run here, not hours in or never. Only problems of the episodes the run reads refuse it (``episodes``:
+    a subset, None: all); warnings, and a check that itself failed (``internal``), are logged.
+    ``dataset.validate=false`` skips this."""
     from data_pipelines.validate import ERROR, validate_dataset
+
+    def refuses(p) -> bool:
+        if p.level != ERROR or p.kind == "internal":
+            return False
+        episode = p.where.removeprefix("episode ")
+        return episodes is None or not episode.isdigit() or int(episode) in episodes
 
     problems = validate_dataset(root, decode_videos=False)
     for p in problems:
-        if p.level != ERROR:
+        if not refuses(p):
             log.warning("dataset %s: %s", root, p)
-    errors = [str(p) for p in problems if p.level == ERROR]
+    errors = [str(p) for p in problems if refuses(p)]
     if errors:
         more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
         raise ValueError(
             f"dataset {root} would train wrong: {'; '.join(errors[:5])}{more}. `vla data validate {root}` lists "
-            "every problem"
+            "every problem (dataset.validate=false trains anyway)"
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import uuid
@@ -24,10 +25,11 @@ def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        fsync_tree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    move_into_place(tmp, path)
+    move_into_place(tmp, path, synced=True)
 
 
 @contextlib.contextmanager
@@ -42,10 +44,10 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     tmp = path.parent / f".{path.stem}.{uuid.uuid4().hex[:8]}.partial{path.suffix}"
     try:
         yield tmp
+        fsync_tree(tmp)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_tree(tmp)
     os.replace(tmp, path)
 
 
@@ -56,11 +58,12 @@ def partial_sibling(path: str | Path) -> Path:
     return path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial"
 
 
-def move_into_place(tmp: Path, path: str | Path) -> None:
+def move_into_place(tmp: Path, path: str | Path, synced: bool = False) -> None:
     """Rename the finished ``tmp`` to ``path``; an existing ``path`` is moved aside first and then
     deleted, so the swap is two renames and never a half-deleted directory."""
     path = Path(path)
-    fsync_tree(tmp)  # the data on disk before the name that says it is complete
+    if not synced:
+        fsync_tree(tmp)  # the data on disk before the name that says it is complete
     old = None
     if path.exists():
         old = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.old"
@@ -81,5 +84,8 @@ def fsync_tree(path: str | Path) -> None:
         fd = os.open(item, os.O_RDONLY)
         try:
             os.fsync(fd)
+        except OSError as e:  # some FUSE/CIFS mounts cannot fsync a folder; its files are synced all the same
+            if not (item.is_dir() and e.errno in (errno.EINVAL, errno.ENOTSUP, errno.EBADF)):
+                raise
         finally:
             os.close(fd)
