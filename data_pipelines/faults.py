@@ -19,6 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vla.utils.sched import scheduling_kept
+
 CAMERAS = {"overhead": (32, 32), "wrist": (32, 32)}
 STATE_DIM, ACTION_DIM = 7, 14
 LENGTHS = [30, 20, 36]  # rows 0..29, 30..49, 50..85
@@ -148,7 +150,7 @@ def video_truncated(root: Path, drop: int = 10) -> None:
     spec = json.loads((root / "meta" / "info.json").read_text())["features"][CAM]["info"]
     codec = {"av1": "libsvtav1"}.get(spec["video.codec"], spec["video.codec"])  # the decoder is libdav1d
     tmp = path.with_name("truncated.mp4")
-    with av.open(str(tmp), "w") as dst:
+    with scheduling_kept(), av.open(str(tmp), "w") as dst:
         out = dst.add_stream(codec, rate=FPS, options={"g": str(spec["video.g"]), "crf": str(spec["video.crf"])})
         out.width, out.height, out.pix_fmt = keep[0].shape[1], keep[0].shape[0], pix_fmt
         out.time_base = Fraction(1, FPS)

@@ -23,6 +23,7 @@ from types import TracebackType
 import numpy as np
 
 from vla.utils.atomic import move_into_place, partial_sibling
+from vla.utils.sched import scheduling_kept
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +147,8 @@ class DatasetWriter:
             self.abort()
             raise ValueError(f"DatasetWriter for {self.out_dir}: no episode was added; nothing written")
         try:
-            self._dataset.finalize()
+            with scheduling_kept():  # SVT-AV1 would leave this thread real-time (vla/utils/sched.py)
+                self._dataset.finalize()
         except BaseException:
             self.abort()
             raise
@@ -163,7 +165,7 @@ class DatasetWriter:
     def abort(self) -> None:
         """Drop everything written so far (the temporary dir); ``out_dir`` is untouched."""
         if self._dataset is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception), scheduling_kept():
                 self._dataset.finalize()  # closes parquet writers so the files can be removed
         if self._tmp_dir is not None:
             shutil.rmtree(self._tmp_dir, ignore_errors=True)
@@ -204,7 +206,8 @@ class DatasetWriter:
             frame = {k: a[i] for k, a in arrays.items()}
             frame["task"] = task
             self._dataset.add_frame(frame)
-        self._dataset.save_episode(parallel_encoding=self.parallel_encoding)
+        with scheduling_kept():  # the episode's videos are encoded here
+            self._dataset.save_episode(parallel_encoding=self.parallel_encoding)
         self.num_episodes += 1
         self.num_frames += t
         return t

@@ -74,3 +74,37 @@ def test_refuses_overwrite_unless_asked(tmp_path, make_episode, mw_cams):
         with DatasetWriter(out, fps=10, features=feats, robot_type="x", use_videos=False):
             pass
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
+def test_encoding_videos_leaves_the_scheduling_policy_alone(tmp_path, make_episode):
+    """SVT-AV1 makes the encoding thread SCHED_FIFO 99 where it may (root); every process started afterwards
+    (training, simulator workers) would inherit it and starve the machine. The writer puts it back."""
+    import os
+
+    before = os.sched_getscheduler(0), os.sched_getparam(0)
+    rng = np.random.default_rng(0)
+    cams = {"front": (32, 32)}
+    with DatasetWriter(tmp_path / "ds", fps=10, features=make_features(cams, 2, 2), robot_type="t") as w:
+        w.add_episode(make_episode(rng, 12, cams, 2, 2), task="look")
+    assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before
+
+
+def test_scheduling_kept_restores_what_svt_av1_changes(tmp_path):
+    import os
+
+    import av
+
+    from vla.utils.sched import scheduling_kept
+
+    before = os.sched_getscheduler(0), os.sched_getparam(0)
+    with scheduling_kept(), av.open(str(tmp_path / "v.mp4"), "w") as container:
+        stream = container.add_stream("libsvtav1", rate=10)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        for _ in range(3):
+            frame = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before

@@ -237,7 +237,8 @@ def test_an_overlong_prompt_is_refused_by_size_without_stalling_other_clients(po
         during = p99_ms()
         thread.join(120)
     assert len(errors) == 4 and all(f"exceeds the limit of {MAX_PROMPT_BYTES} bytes" in str(e) for e in errors)
-    assert during < 2 * normal + 50, (normal, during)
+    # Within 2x its normal p99, with 0.5 s for a busy 2-core runner: tokenizing these prompts took seconds each.
+    assert during < 2 * normal + 500, (normal, during)
 
 
 def test_auth(server, make_obs):
