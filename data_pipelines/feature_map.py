@@ -171,15 +171,21 @@ class FeatureMap:
     @property
     def stats_keys(self) -> list[str]:
         """The dataset columns normalization needs statistics of: action, state, auxiliary target."""
-        return [self.action] + ([self.state] if self.state else []) + ([self.auxiliary] if self.auxiliary else [])
+        return list(self.normalized_columns.values())
+
+    @property
+    def normalized_columns(self) -> dict[str, str]:
+        """Canonical name the Normalizer knows -> the dataset column it normalizes."""
+        out = {T.ACTIONS: self.action}
+        if self.state:
+            out[T.STATE] = self.state
+        if self.auxiliary:
+            out[T.AUX_TARGET] = self.auxiliary
+        return out
 
     def stats_for(self, stats: Mapping[str, Mapping]) -> dict[str, dict]:
         """Dataset-keyed statistics -> canonical ``{"state": ..., "actions": ...}`` for the Normalizer."""
-        out = {T.ACTIONS: dict(stats[self.action])} if self.action in stats else {}
-        if self.state and self.state in stats:
-            out[T.STATE] = dict(stats[self.state])
-        if self.auxiliary and self.auxiliary in stats:
-            out[T.AUX_TARGET] = dict(stats[self.auxiliary])
+        out = {name: dict(stats[key]) for name, key in self.normalized_columns.items() if key in stats}
         missing = [k for k in self.stats_keys if k not in stats]
         if missing:
             raise KeyError(f"stats have no entry for {missing}; present: {sorted(stats)}")

@@ -36,6 +36,13 @@ class DatasetConfig:
     cache_persist: bool = True  # keep the decoded samples on disk; the next run with the same data loads them
     cache_dir: str | None = None  # where (None: $VLA_CACHE_DIR/samples, else ~/.cache/vla/samples)
     validate: bool = True  # run vla data validate's fast checks first and refuse data with errors
+    # Statistics to normalize state and actions with. None: computed exactly over the episodes trained on.
+    # A path: a stats file in LeRobot's meta/stats.json schema (`vla data stats` writes one; a dataset root
+    # means its meta/stats.json), or a checkpoint folder (a fine-tuning base's or another run's stats.json).
+    stats: str | None = None
+    # Before the first step, normalize a sample of the data with the run's statistics (whatever their source,
+    # a resumed checkpoint's included) and refuse the run if some dimension lands far from where they put it.
+    check_stats: bool = True
 
 
 @dataclass

@@ -5,8 +5,9 @@ This is the trainer's only door into ``data_pipelines``; it returns canonical ba
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,9 @@ from data_pipelines.cache import InMemoryDataset, default_store_dir
 from data_pipelines.collate import collate
 from data_pipelines.feature_map import FeatureMapConfig
 from data_pipelines.lerobot_source import LeRobotSource, LeRobotSourceConfig
-from data_pipelines.stats import compute_stats, read_columns
+from data_pipelines.stats import compute_stats, load_stats, read_columns
 from vla import types as T
+from vla.models.policy import STATS_FILE, WEIGHTS_FILE
 from vla.train.sampler import Draw, SampleWeights
 from vla.utils.sample_rng import keyed_generators
 
@@ -39,6 +41,8 @@ class TrainingData:
     seed: int = 0  # with the step and the sample's stream number, the key of every random draw of a sample
     image_size: int = 0  # square side of the images the policy sees (0: not square, or a mixture)
     aux_dim: int = 0  # width of the training-only auxiliary target (policy.auxiliary.key; 0: none)
+    sources: list[LeRobotSource] = field(default_factory=list)  # the datasets read, mixture members in order
+    stats_source: str = "computed from the data"  # where ``stats`` came from (dataset.stats), for the logs
 
     @staticmethod
     def collate(samples: list[dict]) -> dict:
@@ -158,6 +162,11 @@ def build_training_data(dcfg, pcfg, acfg, seed: int = 0) -> TrainingData:
         mix = MixtureDataset(sources, [w for _, w in members], camera_layout=dcfg.camera_layout)
         # Each member keeps its own statistics; the policy normalizes each sample with its member's
         # (by dataset_index) and serves the primary member's robot (dataset.root) by default.
+        if dcfg.stats:
+            raise ValueError(
+                f"dataset.stats={dcfg.stats} with dataset.mixture: each member is normalized with its own statistics, "
+                "which one file cannot give; leave dataset.stats unset (computed per member)"
+            )
         member_stats = [_stats(src) for src in sources]
         return TrainingData(
             dataset=mix,
@@ -169,6 +178,7 @@ def build_training_data(dcfg, pcfg, acfg, seed: int = 0) -> TrainingData:
             sample_weights=mix.sample_weights(),
             augment=augment,
             seed=seed,
+            sources=sources,
         )
     src = _source(dcfg.root, dcfg.repo_id, dcfg, pcfg.chunk_size, auxiliary=auxiliary)
     fmap = src.feature_map
@@ -182,11 +192,13 @@ def build_training_data(dcfg, pcfg, acfg, seed: int = 0) -> TrainingData:
         state_dim=fmap.state_dim,
         action_dim=fmap.action_dim,
         fps=float(src.fps),
-        stats=_stats(src),
+        stats=_stats(src, dcfg.stats),
         augment=augment,
         seed=seed,
         image_size=square_side(fmap.image_size or next(iter(fmap.native_sizes), None)),
         aux_dim=fmap.auxiliary_dim,
+        sources=[src],
+        stats_source=f"from {dcfg.stats}" if dcfg.stats else "computed from the data",
     )
 
 
@@ -194,14 +206,30 @@ def square_side(size: tuple[int, int] | None) -> int:
     return int(size[0]) if size and size[0] == size[1] else 0
 
 
-def _stats(src: LeRobotSource) -> dict:
-    """Exact statistics of the state and action columns (and the auxiliary target's) over the source's
-    episodes, in canonical names.
+def _stats(src: LeRobotSource, path: str | None = None) -> dict:
+    """Statistics of the state and action columns (and the auxiliary target's), in canonical names.
 
-    Only the episodes the run trains on (``dataset.episodes``): held-out ones must not shape normalization.
+    None: exact, over the episodes the run trains on (``dataset.episodes``: held-out ones must not shape
+    normalization). A path (``dataset.stats``): a checkpoint folder's stats.json (canonical names already), or a
+    stats file in LeRobot's schema (a dataset root means its meta/stats.json), mapped by the feature map.
     """
     fmap = src.feature_map
-    return fmap.stats_for(compute_stats(src.root, fmap.stats_keys, episodes=src.episodes))
+    if path is None:
+        return fmap.stats_for(compute_stats(src.root, fmap.stats_keys, episodes=src.episodes))
+    folder = Path(path)
+    if (folder / WEIGHTS_FILE).is_file():
+        saved = json.loads((folder / STATS_FILE).read_text())
+        stats = saved["members"][0] if "members" in saved else saved  # a mixture's: its primary robot
+        missing = [name for name in fmap.normalized_columns if name not in stats]
+        if missing:
+            raise KeyError(
+                f"dataset.stats={path}: the checkpoint has no statistics for {missing}; it has {sorted(stats)}"
+            )
+        return {name: stats[name] for name in fmap.normalized_columns}
+    try:
+        return fmap.stats_for(load_stats(folder))
+    except KeyError as e:
+        raise KeyError(f"dataset.stats={path}: {e.args[0]}") from None
 
 
 def _parse_member(spec: str) -> tuple[str, float]:
@@ -218,8 +246,7 @@ def normalized_action_chunks(data: TrainingData, policy, max_chunks: int = 20000
     Used to fit the FAST tokenizer before training (windows never cross episode ends; only the
     episodes the run trains on).
     """
-    src = data.dataset.sources[0] if hasattr(data.dataset, "sources") else data.dataset
-    src = getattr(src, "source", src)  # an in-memory cache wraps the source
+    src = data.sources[0]
     fmap = src.feature_map
     cols = read_columns(src.root, [fmap.action, "episode_index"], episodes=src.episodes)
     actions = torch.as_tensor(cols[fmap.action], dtype=torch.float32)  # (N, D)

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from vla.models.compile import compile_regions
-from vla.models.policy import Policy
+from vla.models.policy import STATS_FILE, Policy
 from vla.serve.obs_mapping import ObsMapping
 from vla.train.checkpoint import CheckpointManager
 from vla.train.config import TrainConfig
@@ -35,6 +35,7 @@ from vla.train.finetune import init_from_checkpoint
 from vla.train.metrics import MetricsLogger, estimate_flops_per_sample, peak_memory_gb
 from vla.train.optim import build_optimizer
 from vla.train.sampler import ShardedStepSampler
+from vla.train.stats_check import check_training_statistics, refuse_wrong_statistics
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ class Trainer:
             self.step = self.ckpt.resume()
             if self.is_main:
                 log.info("resumed from %s at step %d", self.ckpt.last, self.step)
+        self._check_statistics(cfg)
         self.loader = self._make_loader(start_step=self.step)
         self.metrics = MetricsLogger(self.out, enabled=self.is_main, cfg=cfg, resume=cfg.resume, step=self.step)
         probe = self.data.to_device(self.data.collate([self.data.numbered[0, 0]]), acc.device, step=0)
@@ -134,6 +136,23 @@ class Trainer:
             from vla.config import to_dict
 
             (self.out / "train_config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+
+    def _check_statistics(self, cfg: TrainConfig) -> None:
+        """Normalize a sample of the data with the statistics this run trains with, whatever their source,
+        and refuse the run when they do not fit it (vla.train.stats_check). Every rank checks the same sample,
+        so all of them stop together."""
+        policy = self.accelerator.unwrap_model(self.policy)
+        source = None
+        if cfg.resume:  # the checkpoint's normalizer was loaded over the data's: its statistics are the run's
+            saved = self.ckpt.last / STATS_FILE
+            if saved.is_file():
+                policy.stats = json.loads(saved.read_text())  # so the next checkpoint saves what it normalizes with
+            source = f"of the resumed checkpoint {self.ckpt.last.resolve()}"
+        reports = check_training_statistics(self.data, policy, source)
+        if self.is_main:
+            for report in reports:
+                print(report.table(), flush=True)
+        refuse_wrong_statistics(reports, cfg.dataset.check_stats)
 
     def _compile(self, acc: Accelerator) -> None:
         """Regional compile before DDP/DeepSpeed wrap the policy (the blocks compile on first use)."""
