@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from data_pipelines.feature_map import FeatureMap, FeatureMapConfig
+from data_pipelines.legacy import legacy_hint
 
 
 @lru_cache(maxsize=1)
@@ -65,7 +66,8 @@ def delta_timestamps(feature_map: FeatureMap, fps: float, chunk: int) -> dict[st
 
 
 def resolve_root(root: str | Path | None, repo_id: str | None) -> tuple[str, Path | None]:
-    """Check the dataset location before lerobot sees it (lerobot would create an empty root)."""
+    """Check the dataset location before lerobot sees it (lerobot would create an empty root), and its
+    version (v2.0/v2.1 roots are read through their v3 copy, data_pipelines.legacy.readable_root)."""
     if root is None and not repo_id:
         raise ValueError("a LeRobot source needs root= (a local dataset) or repo_id=")
     if root is not None:
@@ -73,6 +75,9 @@ def resolve_root(root: str | Path | None, repo_id: str | None) -> tuple[str, Pat
         if not (root / "meta" / "info.json").is_file():
             why = "does not exist" if not root.exists() else "has no meta/info.json"
             raise FileNotFoundError(f"LeRobot dataset root {root} {why}")
+        hint = legacy_hint(root)  # LeRobot would say "BackwardCompatibilityError" and point at the hub
+        if hint:
+            raise ValueError(hint)
         return repo_id or f"local/{root.name}", root
     return repo_id, None
 

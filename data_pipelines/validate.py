@@ -19,6 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from data_pipelines.legacy import legacy_hint
+
 META_FILES = ("meta/info.json", "meta/tasks.parquet")
 BOOKKEEPING = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 MAX_LISTED = 5  # bad rows listed per (file, key); the count says how many in all
@@ -31,7 +33,7 @@ TOLERANCE_S = 1e-4  # LeRobotDataset's default: consecutive timestamps lie 1/fps
 @dataclass(frozen=True)
 class Problem:
     # missing_meta, missing_key, missing_file, corrupt_parquet, missing_video, unreadable_video, short_video, shape,
-    # non_finite, short_episode, inconsistent, frame_index, index, timestamps, fps, task_index, internal (errors);
+    # non_finite, short_episode, inconsistent, frame_index, index, timestamps, fps, task_index, version, internal (errors);
     # frozen_action, constant_channel, zero_std (warnings)
     kind: str
     where: str  # file, key, or episode/frame
@@ -77,6 +79,10 @@ def _check_meta(report: _Report) -> dict | None:
     root = report.root
     if not root.is_dir():
         report.add("missing_meta", root, "dataset directory does not exist")
+        return None
+    hint = legacy_hint(root)  # v2.x (or older): none of the v3 checks below applies
+    if hint:
+        report.add("version", "meta/info.json", hint)
         return None
     for rel in META_FILES:
         if not (root / rel).is_file():

@@ -51,11 +51,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
+    from data_pipelines.legacy import legacy_hint
     from data_pipelines.stats import compute_stats, save_stats
 
     root = Path(args.path)
     if not (root / "meta" / "info.json").is_file():
         raise CliError(f"{root} is not a LeRobot dataset (no meta/info.json)")
+    hint = legacy_hint(root)  # a v2.x root: its files are not where v3 readers look
+    if hint:
+        raise CliError(hint)
     stats = compute_stats(root)
     out = save_stats(stats, Path(args.out) if args.out else root / "meta" / "stats.json")
     for key, s in stats.items():
@@ -70,17 +74,33 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    if (Path(args.src) / "meta" / "info.json").is_file():
+        return convert_lerobot(args)
     from data_pipelines.convert import convert
 
     out = convert(
         args.src,
         args.out,
-        fps=args.fps,
-        robot_type=args.robot_type,
+        fps=10 if args.fps is None else args.fps,
+        robot_type=args.robot_type or "unknown",
         use_videos=not args.no_videos,
         overwrite=args.overwrite,
     )
     print(f"wrote {out}")
+    return 0
+
+
+def convert_lerobot(args: argparse.Namespace) -> int:
+    """A LeRobot v2.0/v2.1 dataset -> v3, with LeRobot's own converter (data_pipelines.legacy)."""
+    from data_pipelines.legacy import codebase_version, convert_to_v3
+
+    given = [flag for flag, value in (("--fps", args.fps), ("--robot-type", args.robot_type)) if value is not None]
+    if given or args.no_videos:
+        flags = ", ".join(given + (["--no-videos"] if args.no_videos else []))
+        raise CliError(f"{flags}: for raw episode files; a LeRobot dataset keeps its own fps, robot type and videos")
+    version = codebase_version(args.src)
+    out = convert_to_v3(args.src, args.out, overwrite=args.overwrite)
+    print(f"wrote {out} (LeRobot {version} -> v3.0)")
     return 0
 
 
@@ -235,13 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser(
         "convert",
-        help="raw per-episode .npz/.hdf5 files -> LeRobot v3 dataset",
-        description="Convert a folder of per-episode .npz/.hdf5 files (images/<cam>, state, action, instruction; see data_pipelines/convert.py) into a LeRobot v3 dataset.",
+        help="raw per-episode .npz/.hdf5 files, or a LeRobot v2.0/v2.1 dataset -> LeRobot v3 dataset",
+        description="Convert a folder of per-episode .npz/.hdf5 files (images/<cam>, state, action, instruction; see "
+        "data_pipelines/convert.py) into a LeRobot v3 dataset. A SRC with meta/info.json is a LeRobot v2.0/v2.1 "
+        "dataset: it is converted with LeRobot's own v2.1 -> v3.0 converter (data_pipelines/legacy.py) and left as "
+        "it was.",
     )
-    c.add_argument("src")
+    c.add_argument("src", help="folder of raw episode files, or a LeRobot v2.0/v2.1 dataset root")
     c.add_argument("--out", required=True)
-    c.add_argument("--fps", type=int, default=10)
-    c.add_argument("--robot-type", default="unknown")
+    c.add_argument("--fps", type=int, default=None, help="frame rate of raw episodes (default 10)")
+    c.add_argument("--robot-type", default=None, help="robot type of raw episodes (default unknown)")
     c.add_argument("--no-videos", action="store_true", help="store images as PNG in parquet instead of AV1 videos")
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(fn=cmd_convert)

@@ -17,7 +17,8 @@ from vla.train.optim import OptimConfig
 class DatasetConfig:
     """Where the data is and how its keys map to the canonical names.
 
-    ``root`` is a local LeRobot v3 dataset; ``repo_id`` a hub id (or the name under root).
+    ``root`` is a local LeRobot v3 dataset (a v2.0/v2.1 one is read through a cached v3 copy,
+    data_pipelines.legacy); ``repo_id`` a hub id (or the name under root).
     ``mixture`` lists more datasets, as "root[:weight]" strings, sampled with those weights.
     """
 

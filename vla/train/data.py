@@ -18,6 +18,7 @@ from data_pipelines.augment import Compose
 from data_pipelines.cache import InMemoryDataset, default_store_dir
 from data_pipelines.collate import collate
 from data_pipelines.feature_map import FeatureMapConfig
+from data_pipelines.legacy import readable_root
 from data_pipelines.lerobot_source import LeRobotSource, LeRobotSourceConfig
 from data_pipelines.stats import compute_stats, load_stats, read_columns
 from vla import types as T
@@ -107,8 +108,10 @@ def _source(
     if root is not None and not Path(root).exists():
         raise FileNotFoundError(
             f"dataset.root={root} does not exist. Generate one with `vla data generate --suite mw-easy "
-            f"--episodes-per-task 5 --out {root}` or point dataset.root at a LeRobot v3 dataset."
+            f"--episodes-per-task 5 --out {root}` or point dataset.root at a LeRobot dataset (v3.0, v2.1 or v2.0)."
         )
+    if root is not None and (Path(root) / "meta" / "info.json").is_file():
+        root = str(readable_root(root))  # v2.0/v2.1: its cached v3 copy, converted on first use
     if root is not None and dcfg.validate:
         refuse_unsound(root, dcfg.episodes if primary else None)
     return LeRobotSourceConfig(
