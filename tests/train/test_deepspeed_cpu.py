@@ -1,10 +1,12 @@
-"""DeepSpeed ZeRO-2/3 through accelerate, as far as a CPU allows.
+"""DeepSpeed ZeRO-2/3 through accelerate, on the CPU.
 
-DeepSpeed's CPU accelerator runs ZeRO-2 and ZeRO-3 in one process here: that covers our
+DeepSpeed's CPU accelerator runs ZeRO-2 and ZeRO-3 here: in one process, that covers our
 DeepSpeed configs, the trainer's DeepSpeed branch (batch sizes, gathered weights), ZeRO
-checkpoints, exact resume from them and `vla export --from-zero`. Several CPU processes
-are not covered: accelerate reports every rank as rank 0 under DeepSpeed without a GPU,
-so multi-process ZeRO runs only on the GPU machine.
+checkpoints, exact resume from them and `vla export --from-zero`; in two processes over gloo
+(`accelerate launch` with the shipped configs/accelerate/zeroN.yaml, the trainer naming the
+gloo backend when there is no GPU), ZeRO-2 and ZeRO-3 at batch 2 x 2 processes train like
+one process at batch 4: the partitioned optimizer (and, for ZeRO-3, weights) and the gradient
+reduction across ranks.
 """
 
 from __future__ import annotations
@@ -41,23 +43,38 @@ def run_ds(
     head: str = "flow",
     config: Path | None = None,
     check: bool = True,
+    processes: int = 1,
 ) -> subprocess.CompletedProcess:
-    env = dict(
-        os.environ,
-        DS_ACCELERATOR="cpu",
-        ACCELERATE_USE_DEEPSPEED="true",
-        ACCELERATE_DEEPSPEED_CONFIG_FILE=str(config or REPO / f"configs/deepspeed/zero{stage}.json"),
-        RANK="0",
-        LOCAL_RANK="0",
-        WORLD_SIZE="1",
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        OMP_NUM_THREADS="1",
-        HF_HUB_OFFLINE="1",
-    )
+    """One process with the environment `accelerate launch` would give it, or several through
+    `accelerate launch` itself and configs/accelerate/zero{stage}.yaml (the README's command)."""
+    config = config or REPO / f"configs/deepspeed/zero{stage}.json"
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    if processes == 1:
+        env.update(
+            ACCELERATE_USE_DEEPSPEED="true",
+            ACCELERATE_DEEPSPEED_CONFIG_FILE=str(config),
+            RANK="0",
+            LOCAL_RANK="0",
+            WORLD_SIZE="1",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
+        launcher = [sys.executable, "-m"]
+    else:
+        launcher = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(REPO / f"configs/accelerate/zero{stage}.yaml"),
+            "--deepspeed_config_file",
+            str(config),
+            f"--num_processes={processes}",
+            f"--main_process_port={port}",
+            "-m",
+        ]
     cmd = [
-        sys.executable,
-        "-m",
+        *launcher,
         "vla",
         "train",
         f"--dataset.root={dataset}",
@@ -71,8 +88,12 @@ def run_ds(
     return r
 
 
+def rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
 def losses(out: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [row["loss"] for row in rows(out)]
 
 
 @pytest.mark.slow
@@ -98,6 +119,38 @@ def test_zero2_trains_resumes_exactly_and_exports(metaworld_layout_dataset, tmp_
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = load_file(str(ckpt / "model.safetensors")), load_file(str(exported / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in b if k in a) and len(b) > 50
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("stage", "port"), [(2, 29621), (3, 29623)])
+def test_two_processes_match_one_process(stage, port, metaworld_layout_dataset, tmp_path):
+    """ZeRO at batch 2 x 2 CPU processes (gloo) follows one process at batch 4: the same losses and
+    learning rates, the same final weights. Without the trainer's gloo backend accelerate counts one
+    process of rank 0 in each, and DeepSpeed refuses train_batch_size 2 != 2 x 1 x 2 processes."""
+    config = None
+    if stage == 3:  # partition every tensor: with the shipped threshold, a tiny model's weights would all stay whole
+        config = json.loads((REPO / "configs/deepspeed/zero3.json").read_text())
+        config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+        (tmp_path / "zero3.json").write_text(json.dumps(config))
+        config = tmp_path / "zero3.json"
+    common = ["--train.steps=4", "--optim.warmup_steps=2", "--optim.lr=1e-3"]  # weights that move
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_ds(stage, metaworld_layout_dataset, one, *common, "--train.batch_size=4", port=port, config=config)
+    run_ds(stage, metaworld_layout_dataset, two, *common, port=port + 1, config=config, processes=2)
+
+    shards = sorted(p.name for p in (two / "checkpoints" / "last" / "training_state").rglob("*optim_states.pt"))
+    assert [name.split("_mp_")[0] for name in shards] == ["zero_pp_rank_0", "zero_pp_rank_1"], shards  # one per rank
+    # Identical up to float reduction order (gloo's all-reduce against one process's sum).
+    assert len(rows(two)) == 4
+    for ra, rb in zip(rows(one), rows(two), strict=True):
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-4), (ra, rb)
+        assert ra["lr"] == pytest.approx(rb["lr"], rel=1e-6)
+    a = load_file(str(one / "checkpoints" / "last" / "model.safetensors"))
+    b = load_file(str(two / "checkpoints" / "last" / "model.safetensors"))
+    assert a.keys() == b.keys() and len(a) > 50
+    # Adam moves a weight by up to lr = 1e-3 a step; the two runs differ by about 1e-5 at most.
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst < 1e-4, worst
 
 
 @pytest.mark.slow

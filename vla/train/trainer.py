@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import InitProcessGroupKwargs, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -50,13 +50,23 @@ class Trainer:
     # ---- setup ----------------------------------------------------------------------------------
     def setup(self) -> None:
         cfg = self.cfg
+        deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+        launched = int(os.environ.get("LOCAL_RANK", -1)) != -1  # by torchrun / accelerate launch
         self.accelerator = Accelerator(
             mixed_precision=cfg.train.mixed_precision,
             gradient_accumulation_steps=cfg.train.grad_accum,
             step_scheduler_with_optimizer=False,  # the schedule is a function of the optimizer step, not of ranks
             # Without a GPU, several processes (torchrun --nproc_per_node N -m vla train) train with gloo DDP;
-            # under `accelerate launch` with a DeepSpeed config, DeepSpeed's own CPU accelerator runs instead.
-            cpu=not torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true",
+            # with a DeepSpeed config (ACCELERATE_USE_DEEPSPEED), DeepSpeed's own CPU accelerator runs instead.
+            cpu=not torch.cuda.is_available() and not deepspeed,
+            # Several such processes need the gloo backend named: accelerate finds none for a CPU outside cpu
+            # mode, lets DeepSpeed start torch.distributed all the same, then takes "no backend" for a single
+            # process and counts every rank as rank 0 of 1 (accelerate/state.py, PartialState.__init__), and
+            # DeepSpeed refuses the batch (train_batch_size B != B * 1 * world_size). Named, it goes to
+            # deepspeed.init_distributed and accelerate reads the ranks from torch.distributed.
+            kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")]
+            if deepspeed and launched and not torch.cuda.is_available()
+            else None,
         )
         acc = self.accelerator
         # The same seed on every rank: the model initializes identically everywhere. Nothing per-sample
