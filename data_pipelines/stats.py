@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -49,6 +50,16 @@ def data_files(root: Path) -> list[Path]:
     return files
 
 
+def open_root(root: str | Path) -> tuple[Any, str | Path]:
+    """(fsspec filesystem, path in it) for a URL (``s3://``, ``file://``, ``hf://``: a streamed dataset,
+    data_pipelines.streaming), else (None, Path): a local path keeps pyarrow's own file reading."""
+    if "://" in str(root):
+        import fsspec
+
+        return fsspec.core.url_to_fs(str(root))
+    return None, Path(root)
+
+
 def column_to_numpy(column: pa.ChunkedArray, key: str, dim: int) -> np.ndarray:
     """A list<float> parquet column -> (N, dim) float64, without a Python loop over rows."""
     arr = column.combine_chunks()
@@ -69,15 +80,23 @@ def read_columns(
     ``episodes`` keeps only the rows of those episodes (a training subset); pyarrow drops the
     others while reading, so held-out frames are never loaded.
     """
-    root = Path(root)
-    info = json.loads((root / "meta" / "info.json").read_text())
+    fs, base = open_root(root)
+    if fs is None:
+        info = json.loads((base / "meta" / "info.json").read_text())
+        files = data_files(base)
+    else:  # a streamed dataset's URL: only the requested columns travel
+        info = json.loads(fs.cat_file(f"{base}/meta/info.json"))
+        files = sorted(fs.glob(f"{base}/data/*/*.parquet"))
+        if not files:
+            raise FileNotFoundError(f"{root}/data has no parquet files")
     keys = list(keys) if keys is not None else numeric_keys(info)
     wanted = None if episodes is None else sorted({int(e) for e in episodes})
     read = keys if wanted is None or EPISODE in keys else [*keys, EPISODE]
     shape = {k: int(info["features"][k]["shape"][0]) for k in read}
     parts: dict[str, list[np.ndarray]] = {k: [] for k in read}
-    for f in data_files(root):
-        table = pq.read_table(f, columns=read, filters=None if wanted is None else [(EPISODE, "in", wanted)])
+    for f in files:
+        where = None if wanted is None else [(EPISODE, "in", wanted)]
+        table = pq.read_table(f, columns=read, filters=where, filesystem=fs)
         for k in read:
             parts[k].append(column_to_numpy(table.column(k), k, shape[k]))
     columns = {k: np.concatenate(v) for k, v in parts.items()}

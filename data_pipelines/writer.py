@@ -89,6 +89,7 @@ class DatasetWriter:
         overwrite: bool = False,
         repo_id: str | None = None,
         parallel_encoding: bool = False,
+        data_files_size_in_mb: float | None = None,
     ):
         self.out_dir = Path(out_dir).absolute()
         self.fps = int(fps)
@@ -98,6 +99,9 @@ class DatasetWriter:
         self.repo_id = repo_id or f"local/{self.out_dir.name}"
         # Process-pool encoding costs more than it saves for small episodes on few cores.
         self.parallel_encoding = parallel_encoding
+        # LeRobot starts a new data file once one would pass this size (None: LeRobot's 100 MB); a tiny value
+        # gives one file per episode, as a large dataset's many files (tests of file-by-file streaming).
+        self.data_files_size_in_mb = data_files_size_in_mb
         # lerobot refuses "video" features when use_videos=False and vice versa, so we
         # rewrite visual dtypes here: callers describe cameras once, storage is a flag.
         visual = "video" if use_videos else "image"
@@ -137,6 +141,7 @@ class DatasetWriter:
             root=self._tmp_dir,
             robot_type=self.robot_type,
             use_videos=self.use_videos,
+            data_files_size_in_mb=self.data_files_size_in_mb,
         )
 
     def close(self) -> Path:

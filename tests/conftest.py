@@ -50,11 +50,20 @@ def write_dataset(
     use_videos: bool = True,
     fps: int = 10,
     extra: dict[str, tuple[int, ...]] | None = None,
+    data_files_size_in_mb: float | None = None,
 ) -> Path:
-    """``extra``: further float features (key -> shape), filled with Gaussian noise."""
+    """``extra``: further float features (key -> shape), filled with Gaussian noise. ``data_files_size_in_mb``:
+    LeRobot's data file size (a tiny one: a file per episode)."""
     rng = np.random.default_rng(seed)
     feats = make_features(cameras, state_dim, action_dim, extra=extra, use_videos=use_videos)
-    with DatasetWriter(out, fps=fps, features=feats, robot_type="synthetic", use_videos=use_videos) as w:
+    with DatasetWriter(
+        out,
+        fps=fps,
+        features=feats,
+        robot_type="synthetic",
+        use_videos=use_videos,
+        data_files_size_in_mb=data_files_size_in_mb,
+    ) as w:
         for i, n in enumerate(lengths):
             frames = synthetic_episode(rng, n, cameras, state_dim, action_dim)
             frames |= {k: rng.normal(size=(n, *shape)).astype(np.float32) for k, shape in (extra or {}).items()}
@@ -84,6 +93,15 @@ def metaworld_env_state_dataset(tmp_path_factory) -> Path:
     return write_dataset(
         out, MW_CAMS, 4, 4, [30, 26], ["reach the goal"], seed=3, use_videos=False, fps=80, extra=extra
     )
+
+
+@pytest.fixture(scope="session")
+def multi_file_dataset(tmp_path_factory) -> Path:
+    """6 episodes of 8-15 frames, each in a data file of its own (one video file for all), 1 camera (video),
+    4-dim state and action: a large dataset's many files, in small."""
+    out = tmp_path_factory.mktemp("ds") / "multi_file"
+    lengths = [12, 9, 15, 10, 8, 14]
+    return write_dataset(out, {"image": (32, 32)}, 4, 4, lengths, ["reach", "push"], seed=4, data_files_size_in_mb=1e-4)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ Layout of ``OUT/checkpoints``::
       obs_map.json           the dataset's observation keys -> canonical ones (when they differ), for `vla serve`
       training_state/        accelerate's state: optimizer, scheduler, RNG of every rank, EMA (the weights
                              only under DeepSpeed, which shards them; otherwise model.safetensors above)
+      stream_state.json      dataset.streaming: where each rank's stream was (vla/train/streaming.py)
       trainer_state.json     the step; written last
       ema/                   the EMA weights as a plain policy checkpoint (when train.ema_decay is set)
     last -> step_0000500     symlink, replaced atomically
@@ -20,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -39,6 +41,8 @@ class CheckpointManager:
         self.keep_last = keep_last
         self.acc = accelerator
         self.obs_mapping = obs_mapping  # vla.serve.obs_mapping.ObsMapping written beside the weights, for `vla serve`
+        # More state of the run, as JSON files of each checkpoint: file name -> its content at a step (main process).
+        self.extra_state: dict[str, Callable[[int], dict]] = {}
         if accelerator.distributed_type.name not in ("DEEPSPEED", "FSDP", "MEGATRON_LM"):  # those shard the weights
             accelerator.register_save_state_pre_hook(_weights_saved_once)
             accelerator.register_load_state_pre_hook(self._load_weights_from_checkpoint)
@@ -76,6 +80,8 @@ class CheckpointManager:
                 if self.obs_mapping is not None and self.obs_mapping.keys:
                     for folder in [tmp] + ([tmp / "ema"] if ema is not None else []):
                         self.obs_mapping.save(folder)
+                for file, state in self.extra_state.items():
+                    (tmp / file).write_text(json.dumps(state(step), indent=1))
                 (tmp / TRAINER_STATE).write_text(json.dumps({"step": step}))
                 move_into_place(tmp, final)  # a checkpoint of the same step is swapped out, never half-deleted
         except Exception as e:  # a full disk raises OSError, or safetensors' own error: both leave a partial folder
@@ -115,6 +121,11 @@ class CheckpointManager:
             )
         self.acc.load_state(str(self.last / STATE_DIR))
         return int(json.loads((self.last / TRAINER_STATE).read_text())["step"])
+
+    def read_extra(self, file: str) -> dict | None:
+        """An ``extra_state`` file of the last checkpoint (None when it has none)."""
+        path = self.last / file
+        return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _weights_saved_once(models: list, weights: list, output_dir: str) -> None:

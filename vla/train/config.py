@@ -38,12 +38,22 @@ class DatasetConfig:
     cache_dir: str | None = None  # where (None: $VLA_CACHE_DIR/samples, else ~/.cache/vla/samples)
     validate: bool = True  # run vla data validate's fast checks first and refuse data with errors
     # Statistics to normalize state and actions with. None: computed exactly over the episodes trained on.
-    # A path: a stats file in LeRobot's meta/stats.json schema (`vla data stats` writes one; a dataset root
-    # means its meta/stats.json), or a checkpoint folder (a fine-tuning base's or another run's stats.json).
+    # A path: a stats file in LeRobot's meta/stats.json schema (`vla data stats` writes one; a dataset root or a
+    # streamed dataset's URL means its meta/stats.json), or a checkpoint folder (a fine-tuning base's or another
+    # run's stats.json).
     stats: str | None = None
     # Before the first step, normalize a sample of the data with the run's statistics (whatever their source,
     # a resumed checkpoint's included) and refuse the run if some dimension lands far from where they put it.
     check_stats: bool = True
+    # Read the dataset incrementally instead of opening it whole (datasets larger than the disk): root is a path or
+    # a URL (s3://, gs://, hf://datasets/ID, file://), its data files are read one at a time, each rank reads its
+    # own share, shuffle_buffer frames mix it, and --resume=true continues where the stream was
+    # (data_pipelines/streaming.py).
+    streaming: bool = False
+    shuffle_buffer: int = 1000
+
+    def __post_init__(self):
+        at_least("dataset.shuffle_buffer", self.shuffle_buffer, 1)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from data_pipelines.feature_map import FeatureMapConfig
 from data_pipelines.legacy import readable_root
 from data_pipelines.lerobot_source import LeRobotSource, LeRobotSourceConfig
 from data_pipelines.stats import compute_stats, load_stats, read_columns
+from data_pipelines.streaming import StreamSource, StreamSourceConfig, local_meta
 from vla import types as T
 from vla.models.policy import STATS_FILE, WEIGHTS_FILE
 from vla.train.sampler import Draw, SampleWeights
@@ -48,6 +49,11 @@ class TrainingData:
     @staticmethod
     def collate(samples: list[dict]) -> dict:
         return collate(samples)
+
+    @property
+    def streaming(self) -> bool:
+        """dataset.streaming: batches come from each rank's stream (vla.train.streaming), not from a sampler."""
+        return isinstance(self.dataset, StreamSource)
 
     @property
     def numbered(self) -> NumberedDataset:
@@ -93,11 +99,18 @@ class NumberedDataset(torch.utils.data.Dataset):
 
 
 def _source(
-    root: str | None, repo_id: str | None, dcfg, chunk: int, primary: bool = True, auxiliary: str | None = None
-) -> LeRobotSource:
+    root: str | None,
+    repo_id: str | None,
+    dcfg,
+    chunk: int,
+    primary: bool = True,
+    auxiliary: str | None = None,
+    seed: int = 0,
+) -> LeRobotSource | StreamSource:
     """``dataset.episodes`` selects episodes of the primary dataset (``dataset.root``) only: the other
     members of a mixture are other datasets, whose episode numbers mean something else. ``auxiliary``:
-    the dataset key of a training-only target (``policy.auxiliary.key``), carried as ``aux_target``."""
+    the dataset key of a training-only target (``policy.auxiliary.key``), carried as ``aux_target``.
+    ``dataset.streaming``: a ``StreamSource`` (its order keyed by ``seed``); a URL root is streamed only."""
     fmap = FeatureMapConfig(
         camera_keys=list(dcfg.cameras or []),
         state=dcfg.state_key,
@@ -105,15 +118,32 @@ def _source(
         image_size=[dcfg.image_size, dcfg.image_size] if dcfg.image_size else [],
         auxiliary=auxiliary or "",
     )
-    if root is not None and not Path(root).exists():
+    url = root is not None and "://" in root
+    if url and not dcfg.streaming:
+        raise ValueError(f"dataset.root={root} is a URL: it is read incrementally, add --dataset.streaming=true")
+    if url and dcfg.validate:
+        log.info("dataset %s: vla data validate's checks read local files; skipped for a URL", root)
+    if root is not None and not url and not Path(root).exists():
         raise FileNotFoundError(
             f"dataset.root={root} does not exist. Generate one with `vla data generate --suite mw-easy "
             f"--episodes-per-task 5 --out {root}` or point dataset.root at a LeRobot dataset (v3.0, v2.1 or v2.0)."
         )
-    if root is not None and (Path(root) / "meta" / "info.json").is_file():
+    if root is not None and not url and (Path(root) / "meta" / "info.json").is_file():
         root = str(readable_root(root))  # v2.0/v2.1: its cached v3 copy, converted on first use
-    if root is not None and dcfg.validate:
+    if root is not None and not url and dcfg.validate:
         refuse_unsound(root, dcfg.episodes if primary else None)
+    if dcfg.streaming:
+        return StreamSource(
+            StreamSourceConfig(
+                root=root,
+                repo_id=repo_id,
+                chunk=chunk,
+                episodes=dcfg.episodes,
+                feature_map=fmap,
+                shuffle_buffer=dcfg.shuffle_buffer,
+                seed=seed,
+            )
+        )
     return LeRobotSourceConfig(
         root=root, repo_id=repo_id, chunk=chunk, episodes=dcfg.episodes if primary else None, feature_map=fmap
     ).build()
@@ -152,6 +182,9 @@ def build_training_data(dcfg, pcfg, acfg, seed: int = 0) -> TrainingData:
         raise ValueError("no dataset: set dataset.root=DIR (a LeRobot v3 dataset) or dataset.repo_id=ID")
     augment = acfg.build()
     auxiliary = pcfg.auxiliary.key
+    if dcfg.streaming and (dcfg.mixture or dcfg.cache):
+        other = "dataset.mixture (members are sampled by weight, not streamed)" if dcfg.mixture else "dataset.cache"
+        raise ValueError(f"dataset.streaming=true with {other}: choose one")
     if dcfg.mixture:
         if auxiliary:
             raise ValueError(
@@ -183,7 +216,7 @@ def build_training_data(dcfg, pcfg, acfg, seed: int = 0) -> TrainingData:
             seed=seed,
             sources=sources,
         )
-    src = _source(dcfg.root, dcfg.repo_id, dcfg, pcfg.chunk_size, auxiliary=auxiliary)
+    src = _source(dcfg.root, dcfg.repo_id, dcfg, pcfg.chunk_size, auxiliary=auxiliary, seed=seed)
     fmap = src.feature_map
     dataset = src
     if dcfg.cache:
@@ -209,7 +242,7 @@ def square_side(size: tuple[int, int] | None) -> int:
     return int(size[0]) if size and size[0] == size[1] else 0
 
 
-def _stats(src: LeRobotSource, path: str | None = None) -> dict:
+def _stats(src: LeRobotSource | StreamSource, path: str | None = None) -> dict:
     """Statistics of the state and action columns (and the auxiliary target's), in canonical names.
 
     None: exact, over the episodes the run trains on (``dataset.episodes``: held-out ones must not shape
@@ -219,7 +252,8 @@ def _stats(src: LeRobotSource, path: str | None = None) -> dict:
     fmap = src.feature_map
     if path is None:
         return fmap.stats_for(compute_stats(src.root, fmap.stats_keys, episodes=src.episodes))
-    folder = Path(path)
+    # A streamed dataset's URL: its meta/stats.json, through the local copy of its metadata.
+    folder = local_meta(path) if "://" in path else Path(path)
     if (folder / WEIGHTS_FILE).is_file():
         saved = json.loads((folder / STATS_FILE).read_text())
         stats = saved["members"][0] if "members" in saved else saved  # a mixture's: its primary robot

@@ -36,6 +36,7 @@ from vla.train.metrics import MetricsLogger, estimate_flops_per_sample, peak_mem
 from vla.train.optim import build_optimizer
 from vla.train.sampler import ShardedStepSampler
 from vla.train.stats_check import check_training_statistics, refuse_wrong_statistics
+from vla.train.streaming import stream_loader
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,8 @@ class Trainer:
 
     def _make_loader(self, start_step: int) -> DataLoader:
         cfg, acc = self.cfg, self.accelerator
+        if self.data.streaming:  # dataset.streaming: this rank's share, read incrementally (vla/train/streaming.py)
+            return stream_loader(self.data, cfg, acc, start_step, self.ckpt)
         sampler = ShardedStepSampler(
             num_samples=len(self.data.dataset),
             batch_size=cfg.train.batch_size,
