@@ -24,21 +24,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from tiny_policies import TINY
 
 from data_pipelines.legacy import codebase_version, convert_to_v3, readable_root, source_key, v3_copy
 from data_pipelines.validate import validate_dataset
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = [  # tests/train/test_trainer.py's tiny model, no augmentation
-    "--policy.backbone.preset=tiny-smolvlm",
-    "--policy.chunk_size=4",
-    "--policy.n_action_steps=2",
-    "--train.num_workers=0",
-    "--train.log_every=1",
-    "--optim.warmup_steps=2",
-    "--optim.lr=1e-3",
-    "--augment.enabled=false",
-]
 
 FPS = 10
 CAMERAS = {"top": (32, 32), "wrist": (32, 32)}

@@ -9,7 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_trainer import TINY, run_vla
+from test_trainer import run_vla
+from tiny_policies import TINY
 
 from data_pipelines.stats import compute_stats, save_stats
 from vla.models.backbones.base import BackboneConfig

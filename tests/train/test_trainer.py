@@ -10,18 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_policies import TINY, TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[2]
-TINY_MODEL = [
-    "--policy.backbone.preset=tiny-smolvlm",
-    "--policy.chunk_size=4",
-    "--policy.n_action_steps=2",
-    "--train.num_workers=0",
-    "--train.log_every=1",
-    "--optim.warmup_steps=2",
-    "--optim.lr=1e-3",
-]
-TINY = [*TINY_MODEL, "--augment.enabled=false"]
 
 
 def run_vla(args: list[str], launcher: list[str] | None = None, **kw) -> subprocess.CompletedProcess:
