@@ -163,7 +163,8 @@ class InMemoryDataset(Dataset):
         return out
 
     def __getattr__(self, name):  # feature_map, root, fps ... of the source
-        if name in ("source", "tensors", "values", "image_keys"):
+        # Not its readers: a DataLoader finding the source's __getitems__ here would decode, not index.
+        if name in ("source", "tensors", "values", "image_keys", "read_batch") or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.source, name)
 

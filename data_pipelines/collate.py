@@ -15,6 +15,16 @@ import torch
 from vla import types as T
 
 
+def _shared_out(values: list[torch.Tensor]) -> torch.Tensor | None:
+    """In a DataLoader worker, the batch is stacked straight into shared memory (as torch's default_collate
+    does): sending it to the main process then moves no bytes, where a plain tensor is copied there first."""
+    if torch.utils.data.get_worker_info() is None:
+        return None
+    v = values[0]
+    storage = v._typed_storage()._new_shared(len(values) * v.numel(), device=v.device)
+    return v.new(storage).resize_(len(values), *v.shape)
+
+
 def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack tensors on a new leading batch axis B; strings (the instruction) become a list."""
     if len(samples) == 0:
@@ -44,7 +54,7 @@ def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 )
             if v.dtype != values[0].dtype:
                 raise TypeError(f"collate: {key} of sample {i} has dtype {v.dtype}, sample 0 has {values[0].dtype}")
-        batch[key] = torch.stack(values)  # (B, ...)
+        batch[key] = torch.stack(values, out=_shared_out(values))  # (B, ...)
     if T.INSTRUCTION in batch and not isinstance(batch[T.INSTRUCTION], list):
         raise TypeError(f"collate: {T.INSTRUCTION} must be a string per sample")
     return batch

@@ -42,6 +42,12 @@ def _features_of(meta: Any) -> dict[str, dict]:
     return dict(feats)
 
 
+def float_images(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images (0..255) -> float32 in [0, 1], as LeRobot scales them (``/ 255``); floats pass through.
+    Where a loader kept images uint8 (``FeatureMap(..., uint8_images=True)``), this runs on the device."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
+
 def camera_name(key: str) -> str:
     """Canonical camera name of a dataset key: the part after ``observation.images.``."""
     return key[len(IMAGE_PREFIX) :] if key.startswith(IMAGE_PREFIX) else key
@@ -193,19 +199,28 @@ class FeatureMap:
 
     # ── the mapping itself ─────────────────────────────────────────────
 
-    def _image(self, key: str, x: torch.Tensor) -> torch.Tensor:
-        """One camera -> (3, Hi, Wi) float in [0, 1] at ``image_size``."""
+    def _image(self, key: str, x: torch.Tensor, uint8: bool = False) -> torch.Tensor:
+        """One camera -> (3, Hi, Wi) float in [0, 1] at ``image_size`` (``uint8``: a uint8 frame at its size
+        stays uint8, for ``float_images`` on the device)."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{key}: expected a decoded image tensor, got {type(x).__name__}")
         check_shape(key, x, "3 Hi Wi")
+        resize = self.image_size is not None and tuple(x.shape[-2:]) != self.image_size
         if x.dtype == torch.uint8:
-            x = x.float() / 255.0
+            if uint8 and not resize:
+                return x
+            x = float_images(x)
+            if not resize:
+                return x  # in [0, 1] already
         x = x.float()
-        if self.image_size is not None and tuple(x.shape[-2:]) != self.image_size:
+        if resize:
             x = F.interpolate(x[None], size=self.image_size, mode="bilinear", align_corners=False, antialias=True)[0]
         return x.clamp_(0.0, 1.0)
 
-    def __call__(self, sample: Mapping[str, Any]) -> dict[str, Any]:
+    def __call__(self, sample: Mapping[str, Any], uint8_images: bool = False) -> dict[str, Any]:
+        """``uint8_images``: images stay uint8 (0..255) where every camera's frame is uint8 at its size, so that
+        a DataLoader moves a quarter of the bytes; ``float_images`` on the device then gives the floats this
+        would have given, bit for bit."""
         aux = [self.auxiliary] if self.auxiliary else []
         check_keys("dataset sample", sample, [self.action, self.instruction] + self.observation_keys + aux)
         actions = torch.as_tensor(sample[self.action], dtype=torch.float32)
@@ -220,7 +235,10 @@ class FeatureMap:
             action_pad = torch.zeros(dims["H"], dtype=torch.bool)
 
         if self.cameras:
-            images = torch.stack([self._image(key, sample[key]) for _, key in self.cameras])  # (N, 3, Hi, Wi)
+            frames = [self._image(key, sample[key], uint8_images) for _, key in self.cameras]
+            if any(x.dtype != frames[0].dtype for x in frames):
+                frames = [float_images(x) for x in frames]
+            images = torch.stack(frames)  # (N, 3, Hi, Wi)
         else:
             h, w = self.image_size or (1, 1)
             images = torch.zeros(0, 3, h, w)

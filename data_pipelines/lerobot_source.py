@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from data_pipelines.feature_map import FeatureMap, FeatureMapConfig
+from data_pipelines.frame_reader import FrameReader
 from data_pipelines.legacy import legacy_hint
 
 
@@ -160,6 +161,8 @@ class LeRobotSource(torch.utils.data.Dataset):
         check_episodes_exist(cfg.episodes, meta.total_episodes, cfg.root or cfg.repo_id)
         self.dataset = open_lerobot(cfg.root, cfg.repo_id, self.delta, cfg.episodes, cfg.video_backend)
         self.meta = self.dataset.meta
+        # LeRobot's values without its per-sample queries (data_pipelines/frame_reader.py); None: LeRobot reads.
+        self.reader = FrameReader.build(self.dataset, self.feature_map)
         self._pid = os.getpid()
 
     @property
@@ -175,10 +178,24 @@ class LeRobotSource(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
-        if os.getpid() != self._pid:  # first item in a forked DataLoader worker
+        return self.read_batch([idx])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        """A DataLoader's batch (it calls this with a batch sampler's indices)."""
+        return self.read_batch(indices)
+
+    def read_batch(self, indices: list[int], uint8_images: bool = False) -> list[dict[str, Any]]:
+        """The samples of ``indices``, each video file's frames decoded in one call. ``uint8_images``: images
+        stay uint8 (a quarter of the bytes through a DataLoader; ``feature_map.float_images`` on the device
+        gives the floats, bit for bit; training reads so, vla.train.data.NumberedDataset)."""
+        if os.getpid() != self._pid:  # first batch in a forked DataLoader worker
             reset_decoder_cache_after_fork()
             self._pid = os.getpid()
-        return self.feature_map(self.dataset[idx])
+        if self.reader is None:
+            raws = [self.dataset[int(i)] for i in indices]
+        else:
+            raws = self.reader.get_many([int(i) for i in indices])
+        return [self.feature_map(raw, uint8_images) for raw in raws]
 
     def __repr__(self) -> str:
         return (

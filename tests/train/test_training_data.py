@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from data_pipelines.feature_map import float_images
 from data_pipelines.lerobot_source import LeRobotSource
 from vla.models.backbones.base import BackboneConfig
 from vla.models.heads.base import HeadConfig
@@ -194,7 +195,8 @@ def test_a_samples_draws_do_not_depend_on_the_batch_it_lands_in(metaworld_layout
     whole, halves = batch(draws), [batch(draws[:2]), batch(draws[2:])]
     torch.testing.assert_close(whole["images"], torch.cat([h["images"] for h in halves]), rtol=0, atol=1e-6)
     raw = data.collate([data.numbered[d] for d in draws])["images"]
-    assert not torch.allclose(whole["images"], raw)  # augmented
+    assert raw.dtype == torch.uint8  # the loader's form; to_device makes floats
+    assert not torch.allclose(whole["images"], float_images(raw))  # augmented
     losses = [policy.compute_loss(h)[0] for h in halves]
     torch.testing.assert_close(policy.compute_loss(whole)[0], sum(losses) / 2, rtol=1e-5, atol=1e-6)
     # Another step, or the same step again, draws anew / the same.

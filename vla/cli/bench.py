@@ -1,6 +1,7 @@
 """`vla bench <what>`: benchmarks with JSON output (and a markdown table for `all`).
 
-    vla bench data  --root DIR [--batch-size 16 --workers 2]     our DataLoader vs a plain LeRobot one
+    vla bench data  --root DIR[,DIR] [--chunks 10,50 --batch-size 16 --workers 2 --profile 320]
+                                                                   our DataLoader vs LeRobot's, same run
     vla bench train [--scale tiny|pi0|smolvla --batch-sizes 8,16] training samples/s, memory, MFU
     vla bench infer [--scale ...]                                  one chunk at batch 1: p50/p90 latency
     vla bench train|infer --scale pi0 --peer lerobot-pi0 [--same-weights]   LeRobot's pi0 beside ours (GPU)
@@ -32,11 +33,30 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
 
-def run_data(a) -> dict:
-    from data_pipelines.bench import bench_dataloader
+def run_data(a) -> dict | list[dict]:
+    """Every dataset of --root (comma-separated) at every chunk of --chunks; one row each."""
+    from data_pipelines.bench import bench_dataloader, profile_pieces
 
-    root = a.root or _demo_dataset(a)
-    return bench_dataloader(root, batch_size=a.batch_size, workers=a.workers, steps=max(a.steps, 20), chunk=a.chunk)
+    roots = [r for r in (a.root or _demo_dataset(a)).split(",") if r]
+    chunks = _ints(a.chunks) if a.chunks else [a.chunk]
+    rows = []
+    for root in roots:
+        for chunk in chunks:
+            row = bench_dataloader(
+                root,
+                batch_size=a.batch_size,
+                workers=a.workers,
+                steps=max(a.steps, 20),
+                chunk=chunk,
+                rounds=a.rounds,
+                min_s=a.min_seconds,
+            )
+            if a.profile:
+                row["profile_ms_per_sample"] = profile_pieces(root, chunk=chunk, samples=a.profile)
+            if len(roots) * len(chunks) > 1:  # progress; all rows are printed together at the end
+                print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows[0] if len(rows) == 1 else rows
 
 
 def _model_cfg(a):
@@ -181,11 +201,19 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="vla bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("what", choices=[*RUNNERS, "all"])
     p.add_argument("--out", default=None, help="directory for bench.json / bench.md (all) or the JSON (others)")
-    p.add_argument("--root", default=None, help="dataset for `data` (default: a small generated mw-easy set)")
+    p.add_argument(
+        "--root", default=None, help="dataset(s) for `data`, comma-separated (default: a small generated mw-easy set)"
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--chunk", type=int, default=50)
+    p.add_argument("--chunks", default=None, help="`data`: chunk lengths to measure, e.g. 10,50 (default: --chunk)")
+    p.add_argument("--rounds", type=int, default=3, help="`data`: alternating rounds of ours and LeRobot's loader")
+    p.add_argument("--min-seconds", type=float, default=3.0, help="`data`: each round times at least this long")
+    p.add_argument(
+        "--profile", type=int, default=0, help="`data`: also time the pieces of a sample over N samples, one process"
+    )
     p.add_argument("--scale", default="tiny", choices=["tiny", "pi0", "pi05", "smolvla"])
     p.add_argument("--weights", default=None, help="`train`/`infer`: start from this checkpoint (ours or LeRobot's)")
     p.add_argument("--processor", default=None, help="with LeRobot --weights: the VLM's processor folder")

@@ -17,7 +17,8 @@ import torch
 from data_pipelines.augment import Compose
 from data_pipelines.cache import InMemoryDataset, default_store_dir
 from data_pipelines.collate import collate
-from data_pipelines.feature_map import FeatureMapConfig
+from data_pipelines.feature_map import FeatureMapConfig, float_images
+from data_pipelines.frame_reader import read_draws
 from data_pipelines.legacy import readable_root
 from data_pipelines.lerobot_source import LeRobotSource, LeRobotSourceConfig
 from data_pipelines.stats import compute_stats, load_stats, read_columns
@@ -77,6 +78,8 @@ class TrainingData:
             )
         gens = keyed_generators(self.seed, step, batch[T.SAMPLE_NUMBER].tolist())
         out = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        if T.IMAGES in out:  # the loader's uint8 images (NumberedDataset) become floats here, on the device
+            out[T.IMAGES] = float_images(out[T.IMAGES])
         if self.augment is not None:
             out[T.IMAGES] = self.augment(out[T.IMAGES], generator=gens)
         out[T.GENERATORS] = gens
@@ -85,7 +88,9 @@ class TrainingData:
 
 class NumberedDataset(torch.utils.data.Dataset):
     """``numbered[index, number]`` is ``dataset[index]`` plus ``sample_number = number`` (a sampler's
-    ``Draw``), the key of that draw's random numbers in training."""
+    ``Draw``), the key of that draw's random numbers in training. A DataLoader reads a batch's draws
+    together (``__getitems__``: each video file decoded once), images as uint8 where the source keeps them
+    so (a quarter of the bytes between processes; ``TrainingData.to_device`` makes them floats)."""
 
     def __init__(self, dataset: torch.utils.data.Dataset):
         self.dataset = dataset
@@ -94,8 +99,10 @@ class NumberedDataset(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, draw: Draw | tuple[int, int]) -> dict[str, Any]:
-        index, number = draw
-        return {**self.dataset[index], T.SAMPLE_NUMBER: number}
+        return read_draws(self.dataset, [draw], uint8_images=True)[0]
+
+    def __getitems__(self, draws: list[Draw]) -> list[dict[str, Any]]:
+        return read_draws(self.dataset, draws, uint8_images=True)
 
 
 def _source(
