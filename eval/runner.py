@@ -23,9 +23,12 @@ Design, and why:
 * **Render only what is used**: once per ``n_action_steps`` (the policy's new
   observation), plus every step of the episodes recorded on video. Only the policy's
   cameras are rendered.
-* **Shards.** ``num_shards``/``shard_index`` play one contiguous share of the episodes
-  into ``OUT/shard_<index>`` (the trainer's ranks each play theirs); ``merge_shards``
-  makes the one report of all of them.
+* **Shards.** ``num_shards``/``shard_index`` (``vla eval --shard K/N``) play one contiguous,
+  balanced share of the (task, episode) list into ``OUT/shard_<index>``, each episode with its
+  unsharded seed and init state (the trainer's ranks each play theirs; SLURM array tasks, see
+  scripts/slurm_eval.sbatch). ``combine_shards`` checks that the shares are one protocol and
+  play every episode once and summarizes them as one run: ``merge_shards`` (the trainer, from
+  the shares' results) and ``merge_dirs`` (``vla eval merge``, from their episode logs).
 * **Resumable.** Each finished episode is appended to ``DIR/episodes.jsonl``; a rerun
   with the same protocol skips them, a rerun with another protocol is refused.
 """
@@ -35,7 +38,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.metadata
+import json
 import logging
+import os
+import shutil
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -52,6 +58,8 @@ from eval.suites import Suite, SuiteConfig, get_suite
 from eval.vector_env import EpisodeResult, EpisodeSpec, NeedsChunk, make_vector_env
 from vla.action_queue import ActionQueue
 from vla.registry import lookup
+from vla.utils.atomic import atomic_file
+from vla.utils.jsonl import read_records
 
 log = logging.getLogger(__name__)
 
@@ -354,30 +362,153 @@ def run_evaluation(
     return results
 
 
-def merge_shards(out_dir: str | Path, shards: list[dict]) -> dict:
-    """The report of a sharded evaluation: every share's episodes summarized as one run, written to
-    ``out_dir``. ``shards`` are the results of shares ``0 .. num_shards - 1`` (in any order); they must
-    be of one protocol, and together play each episode once."""
-    labels = [s["protocol"].get("shard", {}) for s in shards]
-    if sorted((x.get("index"), x.get("count")) for x in labels) != [(i, len(shards)) for i in range(len(shards))]:
-        raise ValueError(f"merge_shards needs the results of shards 0..{len(shards) - 1} of one run; got {labels}")
-    order = sorted(shards, key=lambda s: s["protocol"]["shard"]["index"])
-    protocols = [{k: v for k, v in s["protocol"].items() if k not in ("shard", "timestamp")} for s in order]
-    differ = sorted({k for p in protocols[1:] for k in set(p) | set(protocols[0]) if p.get(k) != protocols[0].get(k)})
-    if differ:
-        raise ValueError(f"the shards were evaluated under different protocols (differ in: {', '.join(differ)})")
-    records = sorted((r for s in order for r in s["episodes"]), key=lambda r: (r["task_index"], r["episode_index"]))
-    keys = [(r["task_index"], r["episode_index"]) for r in records]
-    if len(set(keys)) != len(keys):
-        raise ValueError("the shards overlap: some episode was played by two of them")
-    protocol = {k: v for k, v in order[0]["protocol"].items() if k != "shard"}
-    results = report.summarize(records, {t["index"]: t["name"] for t in protocol["tasks"]})
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` (``vla eval --shard K/N``) -> (shard index K, shard count N), 0 <= K < N."""
+    k, sep, n = str(text).partition("/")
+    if not sep or not k.strip().isdigit() or not n.strip().isdigit():
+        raise ValueError(f"--shard {text!r}: expected K/N with 0 <= K < N, e.g. --shard 0/4")
+    k, n = int(k), int(n)
+    if not 0 <= k < n:
+        raise ValueError(f"--shard {text!r}: K must be in [0, {n}) for N = {n}")
+    return k, n
+
+
+def combine_shards(shards: list[dict], shard_dirs: list[Path], out_dir: str | Path) -> dict:
+    """The results of one run from its shares' results (``protocol``, ``episodes``, ``videos`` each),
+    checked: one protocol (``report._identity``, the shard label aside; the first differing keys are
+    named), every shard ``0 .. N-1`` once, and every episode of the protocol exactly once."""
+    if not shards:
+        raise ValueError("nothing to merge: no shards given")
+    labels = [s["protocol"].get("shard") for s in shards]
+    if any(not isinstance(x, dict) for x in labels):
+        bad = [str(d) for d, x in zip(shard_dirs, labels, strict=True) if not isinstance(x, dict)]
+        raise ValueError(f"not the result of a shard (run with --shard K/N): {', '.join(bad)}")
+    identities = [report._identity({k: v for k, v in s["protocol"].items() if k != "shard"}) for s in shards]
+    for d, ident in zip(shard_dirs[1:], identities[1:], strict=True):
+        differ = sorted(k for k in set(ident) | set(identities[0]) if ident.get(k) != identities[0].get(k))
+        if differ:
+            raise ValueError(
+                f"the shards were evaluated under different protocols (differ in: {', '.join(differ)}): "
+                f"{d} against {shard_dirs[0]}"
+            )
+    counts = sorted({x["count"] for x in labels})
+    if len(counts) > 1:
+        raise ValueError(f"the shards split the episodes differently (differ in: shard count {counts})")
+    count, indices = counts[0], [x["index"] for x in labels]
+    twice = sorted({i for i in indices if indices.count(i) > 1})
+    missing = sorted(set(range(count)) - set(indices))
+    if twice or missing:
+        raise ValueError(
+            f"merging needs shards 0..{count - 1} of one run, each once: "
+            + "; ".join(
+                ([f"given twice: shard {twice}"] if twice else []) + ([f"missing: {missing}"] if missing else [])
+            )
+        )
+    order = sorted(range(len(shards)), key=lambda j: indices[j])
+    records = sorted(
+        (r for j in order for r in shards[j]["episodes"]), key=lambda r: (r["task_index"], r["episode_index"])
+    )
+    keys = [(int(r["task_index"]), int(r["episode_index"])) for r in records]
+    protocol = {k: v for k, v in shards[order[0]]["protocol"].items() if k != "shard"}
+    names = {t["index"]: t["name"] for t in protocol["tasks"]}
+    expected = {(t["index"], i) for t in protocol["tasks"] for i in t["init_state_indices"]}
+    twice_eps = sorted({k for k in keys if keys.count(k) > 1})
+    if twice_eps:
+        raise ValueError(f"the shards overlap: episodes played twice: {_episode_names(twice_eps, names)}")
+    unfinished = sorted(expected - set(keys))
+    if unfinished:
+        raise ValueError(
+            f"{len(unfinished)} episodes of the protocol are missing (an unfinished shard? rerun its command to "
+            f"resume it): {_episode_names(unfinished, names)}"
+        )
+    extra = sorted(set(keys) - expected)
+    if extra:
+        raise ValueError(f"episodes outside the protocol: {_episode_names(extra, names)}")
+    results = report.summarize(records, names)
     results["protocol"] = protocol
     results["videos"] = [  # relative to out_dir: each share keeps its videos
-        (shard_dir(Path(), i) / report.VIDEO_DIR / v).as_posix() for i, s in enumerate(order) for v in s["videos"]
+        Path(os.path.relpath(Path(shard_dirs[j]) / report.VIDEO_DIR / v, out_dir)).as_posix()
+        for j in order
+        for v in shards[j]["videos"]
     ]
     results["episodes"] = records
+    return results
+
+
+def _episode_names(keys: list[tuple[int, int]], names: dict) -> str:
+    shown = ", ".join(f"{names.get(t, t)} #{i}" for t, i in keys[:5])
+    return shown + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+
+
+def merge_shards(out_dir: str | Path, shards: list[dict]) -> dict:
+    """The report of a sharded evaluation: every share's episodes summarized as one run, written to
+    ``out_dir``. ``shards`` are the results of shares ``0 .. num_shards - 1`` (in any order), each in
+    ``out_dir/shard_<index>``; they must be of one protocol, and together play each episode once."""
+    dirs = [shard_dir(out_dir, s["protocol"].get("shard", {}).get("index", "?")) for s in shards]
+    results = combine_shards(shards, dirs, out_dir)
     report.write_results(out_dir, results)
+    return results
+
+
+def find_shard_dirs(dirs: list[str | Path]) -> list[Path]:
+    """The shard directories named by ``dirs``: a directory holding a protocol.json is one; a directory
+    without one stands for its ``shard_*`` subdirectories (``--out`` of the ``vla eval --shard`` runs)."""
+    found: list[Path] = []
+    for d in map(Path, dirs):
+        if (d / report.PROTOCOL_FILE).exists():
+            found.append(d)
+            continue
+        subs = sorted(
+            (p for p in d.glob("shard_*") if (p / report.PROTOCOL_FILE).exists()),
+            key=lambda p: (len(p.name), p.name),
+        )
+        if not subs:
+            raise FileNotFoundError(f"{d}: neither a shard's output ({report.PROTOCOL_FILE}) nor a folder of shard_*")
+        found += subs
+    return found
+
+
+def merged_out_dir(shard_dirs: list[Path], out_dir: str | Path | None) -> Path:
+    """``out_dir``, or by default the one folder holding all the shard folders."""
+    if out_dir is not None:
+        return Path(out_dir)
+    parents = {Path(d).resolve().parent for d in shard_dirs}
+    if len(parents) != 1:
+        raise ValueError("the shards lie in different folders; say where the merged report goes with --out")
+    return parents.pop()
+
+
+def merge_dirs(dirs: list[str | Path], out_dir: str | Path | None = None) -> dict:
+    """``vla eval merge DIR... --out OUT``: the shards' episode logs and protocols -> the files an unsharded
+    run of the protocol writes (results.json/md, success.png, its episodes.jsonl and protocol.json, so a
+    later unsharded ``vla eval --out OUT`` of the protocol finds every episode done, and its videos, copied
+    into OUT/videos). OUT defaults to the
+    parent of the shard folders when they share one. An OUT holding episodes of another protocol is refused."""
+    shard_dirs = find_shard_dirs(dirs)
+    out = merged_out_dir(shard_dirs, out_dir)
+    shards = []
+    for d in shard_dirs:
+        log_path = d / report.EPISODES_FILE
+        records = read_records(log_path, check=report._episode_key) if log_path.exists() else []
+        records.sort(key=report._episode_key)
+        protocol = json.loads((d / report.PROTOCOL_FILE).read_text())
+        shards.append(
+            {"protocol": protocol, "episodes": records, "videos": sorted(r["video"] for r in records if r.get("video"))}
+        )
+    results = combine_shards(shards, shard_dirs, out)
+    episode_log = report.EpisodeLog(out, results["protocol"])  # refuses an OUT of another protocol
+    for d, s in zip(shard_dirs, shards, strict=True):  # the videos where the unsharded run has them
+        for name in s["videos"]:
+            src, dst = d / report.VIDEO_DIR / name, out / report.VIDEO_DIR / name
+            if src.resolve() != dst.resolve():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_file(dst) as tmp:
+                    shutil.copyfile(src, tmp)
+    results["videos"] = sorted(v for s in shards for v in s["videos"])
+    report._write_text_atomic(
+        episode_log.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in results["episodes"])
+    )
+    report.write_results(out, results)
     return results
 
 

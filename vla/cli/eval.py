@@ -6,12 +6,15 @@
     vla eval --server ws://localhost:8000 --suite mw10 --n-action-steps 5 --out DIR
     vla eval --policy lerobot:RUN/checkpoints/last/pretrained_model --suite mw-easy --num-envs 2 --out DIR
     vla eval --checkpoint CKPT --dataset DIR --frames 64 --out OUT   # open loop, for robots with no simulator
+    vla eval --policy random --suite mw10 --episodes-per-task 50 --shard 0/4 --out DIR   # one of 4 shards
+    vla eval merge DIR [--out OUT]   # DIR/shard_* (or shard folders, any number) -> one report
 
 Options (EvalConfig in eval/runner.py): --suite, --checkpoint | --policy oracle|random|lerobot:DIR | --server URL,
 --episodes-per-task, --first-episode (init states first..first+N-1; default 0), --num-envs, --tasks
 (indices or names, comma-separated), --max-steps, --seed, --video-episodes K, --device, --compile
-(regional torch.compile), --n-action-steps, --image-size, --num-shards/--shard-index (one share of the
-episodes, into DIR/shard_<index>), --out. A checkpoint trained with policy.temporal_ensemble_coeff
+(regional torch.compile), --n-action-steps, --image-size, --shard K/N (= --shard-index K --num-shards N: the
+K-th of N contiguous, balanced shares of the run's (task, episode) list, into DIR/shard_K; episode seeds and
+init states are the unsharded run's), --out. A checkpoint trained with policy.temporal_ensemble_coeff
 plays ACT's ensembled actions, as Policy.select_action does. --policy lerobot:DIR plays a LeRobot policy
 (ACT, Diffusion Policy, ...: a folder LeRobot's from_pretrained loads, e.g. from `vla peer train`) with
 LeRobot's own processors, one select_action per step (eval/lerobot_policy.py).
@@ -20,6 +23,13 @@ Writes DIR/results.json, results.md, success.png, episodes.jsonl (rerun the same
 protocol.json and DIR/videos/*_{success,failure}.mp4. With --dataset (open loop, eval/offline.py):
 results.json and results.md with the chunk MAE in robot and normalized units beside the dataset-mean
 predictor's on the same frames.
+
+`vla eval merge DIR... [--out OUT]` joins shards: each DIR is a shard's folder (DIR/shard_K) or the --out of
+the shard runs (all its shard_* folders). It reads their episodes.jsonl and protocol.json, refuses shards of
+different protocols (naming the differing keys), missing or repeated shards and missing or repeated episodes,
+and writes to OUT (default: the folder holding the shards) what the unsharded run writes: results.json
+(intervals over all episodes), results.md, success.png, episodes.jsonl, protocol.json and videos/. An unfinished
+shard resumes by rerunning its command. scripts/slurm_eval.sbatch runs the shards as a SLURM array.
 """
 
 from __future__ import annotations
@@ -29,15 +39,63 @@ import json
 from vla.cli.common import friendly_errors, hyphens_to_underscores
 
 
+def shard_to_index_and_count(argv: list[str]) -> list[str]:
+    """``--shard K/N`` (or ``--shard=K/N``) -> ``--shard-index K --num-shards N``."""
+    from eval.runner import parse_shard
+
+    out, args = [], iter(argv)
+    for a in args:
+        if a == "--shard" or a.startswith("--shard="):
+            value = a.partition("=")[2] if "=" in a else next(args, "")
+            k, n = parse_shard(value)
+            out += [f"--shard-index={k}", f"--num-shards={n}"]
+        else:
+            out.append(a)
+    return out
+
+
+def merge(argv: list[str]) -> int:
+    """``vla eval merge DIR... [--out OUT]``."""
+    dirs, out, args = [], None, iter(argv)
+    for a in args:
+        if a == "--out" or a.startswith("--out="):
+            out = a.partition("=")[2] if "=" in a else next(args, None)
+            if not out:
+                raise ValueError("--out needs a folder")
+        elif a.startswith("--"):
+            raise ValueError(f"vla eval merge: unknown option {a!r} (usage: vla eval merge DIR... [--out OUT])")
+        else:
+            dirs.append(a)
+    if not dirs:
+        raise ValueError("usage: vla eval merge DIR... [--out OUT]")
+    from eval.runner import find_shard_dirs, merge_dirs, merged_out_dir
+
+    out = merged_out_dir(find_shard_dirs(dirs), out)
+    res = merge_dirs(dirs, out)
+    summary = {name: round(t["success_rate"], 4) for name, t in res["tasks"].items()}
+    episodes = res["overall"]["episodes"]
+    print(
+        json.dumps(
+            {"average_success": res["average_success"], "episodes": episodes, "tasks": summary, "out": str(out)},
+            indent=2,
+        )
+    )
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return 0
+    if argv and argv[0] == "merge":
+        with friendly_errors("eval merge"):
+            return merge(argv[1:])
+        return 1
     with friendly_errors("eval") as failures:
         from eval.runner import EvalConfig, evaluate
         from vla.config import parse_config
 
-        cfg = parse_config(EvalConfig, hyphens_to_underscores(argv))
+        cfg = parse_config(EvalConfig, hyphens_to_underscores(shard_to_index_and_count(argv)))
         failures.run_dir = cfg.out
         if cfg.dataset:
             from eval.offline import evaluate_offline
