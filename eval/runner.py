@@ -29,6 +29,10 @@ Design, and why:
   scripts/slurm_eval.sbatch). ``combine_shards`` checks that the shares are one protocol and
   play every episode once and summarizes them as one run: ``merge_shards`` (the trainer, from
   the shares' results) and ``merge_dirs`` (``vla eval merge``, from their episode logs).
+* **Protocols by name.** ``--protocol lerobot`` (default) or ``openpi``: for LIBERO the scene seed of
+  every episode and the step limits that LeRobot's lerobot-eval or openpi's LIBERO client use
+  (eval/suites/libero.py ``PROTOCOLS``), written into protocol.json and results.json with the
+  episodes' scene seeds, so a number says which protocol it follows.
 * **Resumable.** Each finished episode is appended to ``DIR/episodes.jsonl``; a rerun
   with the same protocol skips them, a rerun with another protocol is refused.
 """
@@ -89,6 +93,7 @@ class EvalConfig:
     tasks: str | None = None  # comma-separated task indices or names (default: all)
     max_steps: int | None = None  # override the suite's step limit (smoke tests)
     seed: int = 0
+    protocol: str = "lerobot"  # lerobot | openpi: LIBERO's scene seeds and step limits (suites/libero.py)
     video_episodes: int = 0  # record the first K episodes of each task
     video_fps: int = 20
     device: str = "auto"  # the GPU when there is one
@@ -265,12 +270,24 @@ class ServerChunker:
 
 
 # ---- the run ----------------------------------------------------------------------------------
+PROTOCOLS = ("lerobot", "openpi")
+
+
 def build_suite(
-    name: str, max_steps: int | None = None, image_size: int | None = None, cameras: list[str] | None = None
+    name: str,
+    max_steps: int | None = None,
+    image_size: int | None = None,
+    cameras: list[str] | None = None,
+    protocol: str = "lerobot",
 ) -> Suite:
-    """The suite with a run's overrides; ``max_steps`` is applied to the tasks when the suite has no such field."""
+    """The suite with a run's overrides; ``max_steps`` is applied to the tasks when the suite has no such field.
+    ``protocol`` goes to suites that have one (LIBERO); the others follow only the default ``lerobot``."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}; got {protocol!r}")
     fields = {f.name for f in dataclasses.fields(lookup(SuiteConfig, name, "suite"))}
     wanted = {"max_steps": max_steps, "image_size": image_size, "cameras": tuple(cameras) if cameras else None}
+    if protocol != "lerobot":
+        wanted["protocol"] = protocol
     bad = [k for k, v in wanted.items() if v is not None and k not in fields and k != "max_steps"]
     if bad:
         raise ValueError(f"suite {name!r} does not support overriding {bad}")
@@ -285,6 +302,7 @@ def build_suite(
 def build_protocol(cfg: EvalConfig, suite: Suite, task_ids: list[int], policy_info: dict) -> dict:
     tasks = []
     eps = list(cfg.episodes)
+    scene_seed = getattr(suite, "scene_seed", None)  # LIBERO: episode i's layout is seeded scene_seed + i
     for t in task_ids:
         task = suite.tasks[t]
         tasks.append(
@@ -296,21 +314,27 @@ def build_protocol(cfg: EvalConfig, suite: Suite, task_ids: list[int], policy_in
                 "init_state_indices": eps,
                 "seeds": [episode_seed(cfg.seed, t, i) for i in eps],
             }
+            | ({"scene_seeds": [scene_seed + i for i in eps]} if scene_seed is not None else {})
         )
     shard = {"shard": {"index": cfg.shard_index, "count": cfg.num_shards}} if cfg.num_shards > 1 else {}
-    return shard | {
-        "suite": suite.name,
-        "cameras": list(suite.cameras),
-        "image_size": suite.image_size,
-        "episodes_per_task": cfg.episodes_per_task,
-        "seed": cfg.seed,
-        "tasks": tasks,
-        "step_limits": {suite.tasks[t].name: suite.tasks[t].max_steps for t in task_ids},
-        "policy": policy_info,
-        "n_action_steps": policy_info.get("n_action_steps"),
-        "versions": package_versions(),
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    named = {"protocol": suite.protocol} if hasattr(suite, "protocol") else {}
+    return (
+        shard
+        | named
+        | {
+            "suite": suite.name,
+            "cameras": list(suite.cameras),
+            "image_size": suite.image_size,
+            "episodes_per_task": cfg.episodes_per_task,
+            "seed": cfg.seed,
+            "tasks": tasks,
+            "step_limits": {suite.tasks[t].name: suite.tasks[t].max_steps for t in task_ids},
+            "policy": policy_info,
+            "n_action_steps": policy_info.get("n_action_steps"),
+            "versions": package_versions(),
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+    )
 
 
 def run_evaluation(
@@ -322,7 +346,7 @@ def run_evaluation(
     action_dim: int | None = None,
 ) -> dict:
     """Run (or resume) every episode of ``cfg`` not yet in ``cfg.out/episodes.jsonl``; write the report."""
-    suite = build_suite(cfg.suite, cfg.max_steps, cfg.image_size, cameras)
+    suite = build_suite(cfg.suite, cfg.max_steps, cfg.image_size, cameras, cfg.protocol)
     if reference is not None:
         reference.check(suite)
     if action_dim is not None and action_dim != suite.action_dim:

@@ -8,7 +8,12 @@ of each task's ``.pruned_init`` file), restored with ``env.set_init_state``.
 Conventions match LeRobot's ``lerobot/libero_*`` datasets and openpi's LIBERO
 example, so policies trained on those data are evaluated on what they saw:
 
-* step limits 280 / 280 / 300 / 520 / 400 (LeRobot's ``TASK_SUITE_MAX_STEPS``),
+* the scene seeded before every reset: LIBERO places some fixtures (wooden cabinet, flat stove) from
+  numpy's global RNG at every hard reset, outside the init state. Protocol ``lerobot`` (default) seeds
+  episode ``i`` with ``1000 + i`` as lerobot-eval does, so our episode i is LeRobot's; ``openpi`` with
+  ``7 + i`` (:data:`PROTOCOLS`);
+* step limits 280 / 280 / 300 / 520 / 400 (LeRobot's ``TASK_SUITE_MAX_STEPS``; protocol ``openpi``: 220 on
+  ``libero_spatial``),
   counted after **10 settle steps** of the no-op action ``[0, 0, 0, 0, 0, 0, -1]``
   that let objects come to rest after the init state is restored;
 * cameras ``image`` = ``agentview`` and ``wrist`` = ``robot0_eye_in_hand``, both
@@ -63,6 +68,17 @@ MAX_STEPS: dict[str, int] = {
     "libero_10": 520,
     "libero_90": 400,
 }
+# Evaluation protocols by name: the scene seed of episode ``i`` (``seed + i``) and the step limits.
+# ``lerobot``: lerobot-eval seeds every reset (``env.reset(seed=...)`` -> ``np.random.seed``), from
+# ``--seed`` (default 1000) up by one per rollout of a task, rollout i restoring init state i.
+# ``openpi``: openpi's LIBERO client (examples/libero/main.py) seeds 7 and evaluates libero_spatial with
+# 220 steps; its other limits are LeRobot's. (openpi seeds once per task, so its later episodes draw their
+# layouts from the continued stream; ours seed every episode, 7 + i, so that a shard or a rerun of one
+# episode gets the same scene.)
+PROTOCOLS: dict[str, tuple[int, dict[str, int]]] = {
+    "lerobot": (1000, MAX_STEPS),
+    "openpi": (7, MAX_STEPS | {"libero_spatial": 220}),
+}
 SETTLE_STEPS = 10
 NOOP_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)  # hold still, gripper open
 CAMERAS: dict[str, str] = {"image": "agentview", "wrist": "robot0_eye_in_hand"}  # canonical -> robosuite
@@ -106,6 +122,7 @@ class LiberoEnv(SuiteEnv):
         hard_reset: bool = True,
         fast_render: bool = False,
         settle_steps: int = SETTLE_STEPS,
+        scene_seed: int | None = None,
     ) -> None:
         super().__init__(task)
         self.robosuite_cameras = robosuite_cameras(cameras)  # policy's name -> robosuite camera
@@ -114,6 +131,7 @@ class LiberoEnv(SuiteEnv):
 
         self.cameras, self.image_size = cameras, image_size
         self.fast_render, self.settle_steps = fast_render, settle_steps
+        self.scene_seed = scene_seed  # episode i's scene is seeded scene_seed + i (None: unseeded)
         self._sampled = sorted(set(self.robosuite_cameras.values()))
         self._blank = np.zeros((image_size, image_size, 3), dtype=np.uint8)
         self._render_next = False  # whether the camera sensors render when robosuite next samples them
@@ -159,6 +177,8 @@ class LiberoEnv(SuiteEnv):
 
     def reset(self, episode_index: int) -> Observation:
         self._check_episode_index(episode_index)
+        if self.scene_seed is not None:  # as LeRobot's LiberoEnv.reset(seed): np.random.seed before the reset
+            self._env.seed(self.scene_seed + episode_index)
         self._env.reset()  # hard reset rebuilds the sim (and its render context)
         self._install_camera_sensors()
         with self._rendering(self.settle_steps == 0):
@@ -220,6 +240,8 @@ class LiberoSuite(Suite):
     image_size: int
     hard_reset: bool = True
     fast_render: bool = False
+    protocol: str = "lerobot"
+    scene_seed: int | None = PROTOCOLS["lerobot"][0]
     state_dim: int = 8
     action_dim: int = 7
 
@@ -231,6 +253,7 @@ class LiberoSuite(Suite):
             self.image_size,
             hard_reset=self.hard_reset,
             fast_render=self.fast_render,
+            scene_seed=self.scene_seed,
         )
 
 
@@ -243,8 +266,12 @@ class LiberoSuiteConfig(SuiteConfig):
     task_ids: list[int] = field(default_factory=list)  # restrict to these task indices (default: all)
     hard_reset: bool = True  # rebuild the sim on reset, as LIBERO's and LeRobot's evaluations do
     fast_render: bool = False  # shadows/reflections off: faster, but unlike the public datasets
+    protocol: str = "lerobot"  # lerobot | openpi: scene seeds and step limits (PROTOCOLS)
 
     def build(self) -> LiberoSuite:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"unknown LIBERO protocol {self.protocol!r}; known: {', '.join(PROTOCOLS)}")
+        scene_seed, max_steps = PROTOCOLS[self.protocol]
         ensure_libero()
         import torch
         from libero.libero import benchmark, get_libero_path
@@ -266,7 +293,7 @@ class LiberoSuiteConfig(SuiteConfig):
                     name=t.name,
                     env_name=t.name,
                     instruction=t.language,
-                    max_steps=MAX_STEPS[self.suite],
+                    max_steps=max_steps[self.suite],
                     init_states=tuple(states),
                 )
             )
@@ -279,6 +306,8 @@ class LiberoSuiteConfig(SuiteConfig):
             self.image_size,
             hard_reset=self.hard_reset,
             fast_render=self.fast_render,
+            protocol=self.protocol,
+            scene_seed=scene_seed,
         )
 
 

@@ -55,6 +55,27 @@ def test_suites_use_the_official_init_states_and_step_limits(spatial):
     ]
 
 
+def test_protocols_set_scene_seeds_and_step_limits_and_are_written_into_the_results():
+    """``--protocol lerobot`` (default): lerobot-eval's scene seeds (1000 + i) and LeRobot's step limits;
+    ``openpi``: seed 7 + i and 220 steps on libero_spatial; the name and the seeds go into protocol.json."""
+    from eval.runner import EvalConfig, build_protocol, build_suite
+
+    default = build_suite("libero_spatial")
+    openpi = build_suite("libero_spatial", protocol="openpi")
+    assert (default.protocol, default.scene_seed, default.tasks[0].max_steps) == ("lerobot", 1000, 280)
+    assert (openpi.protocol, openpi.scene_seed, openpi.tasks[0].max_steps) == ("openpi", 7, 220)
+    assert build_suite("libero_goal", protocol="openpi").tasks[0].max_steps == 300  # openpi's other limits
+    cfg = EvalConfig(suite="libero_spatial", protocol="openpi", episodes_per_task=2, first_episode=3)
+    proto = build_protocol(cfg, openpi, [0], {"name": "random"})
+    assert proto["protocol"] == "openpi" and proto["step_limits"] == {openpi.tasks[0].name: 220}
+    assert proto["tasks"][0]["scene_seeds"] == [10, 11]
+    with pytest.raises(ValueError, match="--protocol must be one of lerobot, openpi"):
+        build_suite("libero_spatial", protocol="octo")
+    with pytest.raises(ValueError, match=r"does not support overriding \['protocol'\]"):
+        build_suite("mw-easy", protocol="openpi")
+    assert "protocol" not in build_protocol(EvalConfig(), build_suite("mw-easy"), [0], {"name": "random"})
+
+
 @pytest.mark.sim
 def test_libero_env_restores_init_state_and_follows_lerobot_conventions(spatial):
     from libero.libero.envs import OffScreenRenderEnv
@@ -124,10 +145,9 @@ def test_images_equal_robosuites_own_camera_observations(spatial):
 
     try:
         # LIBERO places its fixtures (cabinet, stove) from numpy's global RNG at every reset, outside the init
-        # state: the same seed before both resets puts them in the same place.
-        env._env.seed(3)
+        # state: the same seed before both resets puts them in the same place (ours: the protocol's, 1000 + 0).
         ours = env.reset(0)
-        reference.seed(3)
+        reference.seed(spatial.scene_seed)
         reference.reset()
         reference.set_init_state(spatial.tasks[0].init_states[0])
         for _ in range(lib.SETTLE_STEPS):

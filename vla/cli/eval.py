@@ -11,7 +11,9 @@
 
 Options (EvalConfig in eval/runner.py): --suite, --checkpoint | --policy oracle|random|lerobot:DIR | --server URL,
 --episodes-per-task, --first-episode (init states first..first+N-1; default 0), --num-envs, --tasks
-(indices or names, comma-separated), --max-steps, --seed, --video-episodes K, --device, --compile
+(indices or names, comma-separated), --max-steps, --seed, --protocol lerobot|openpi (LIBERO: scene seeds
+1000+i and LeRobot's step limits, as lerobot-eval; or seed 7+i and 220 steps on libero_spatial, as openpi's
+LIBERO client; written into results.json), --video-episodes K, --device, --compile
 (regional torch.compile), --n-action-steps, --image-size, --shard K/N (= --shard-index K --num-shards N: the
 K-th of N contiguous, balanced shares of the run's (task, episode) list, into DIR/shard_K; episode seeds and
 init states are the unsharded run's), --out. A checkpoint trained with policy.temporal_ensemble_coeff
