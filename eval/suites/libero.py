@@ -21,8 +21,9 @@ example, so policies trained on those data are evaluated on what they saw:
   Other stacks' names for them are accepted through an observation map
   (:data:`CAMERA_NAMES`): LeRobot's ``LiberoEnv`` and its HuggingFaceVLA/libero dataset
   call the wrist camera ``image2``, its lerobot/libero_* datasets and openpi's
-  physical-intelligence/libero ``wrist_image``; a policy trained on any of them gets the
-  camera its name stands for, under that name;
+  physical-intelligence/libero ``wrist_image``; robosuite's own names (``agentview_image``,
+  ``robot0_eye_in_hand_image``, and without ``_image``) are accepted too; a policy trained on any of
+  them gets the camera its name stands for, under that name;
 * state (8,) = eef position (3) + axis-angle of the eef quaternion (3) +
   gripper finger qpos (2);
 * action (7,) = delta EEF pose (OSC_POSE, 6) + gripper (-1 open, +1 close);
@@ -87,6 +88,11 @@ CAMERA_NAMES = ObsMapping(
     {
         "observation.images.image2": "observation.images.wrist",  # LeRobot's LiberoEnv, HuggingFaceVLA/libero
         "observation.images.wrist_image": "observation.images.wrist",  # lerobot/libero_*, openpi's datasets
+        # robosuite's observation keys (LeRobot's LiberoEnv camera_name) and camera names
+        "observation.images.agentview_image": "observation.images.image",
+        "observation.images.robot0_eye_in_hand_image": "observation.images.wrist",
+        "observation.images.agentview": "observation.images.image",
+        "observation.images.robot0_eye_in_hand": "observation.images.wrist",
     }
 )
 

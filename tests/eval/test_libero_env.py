@@ -34,6 +34,16 @@ def test_quat_to_axis_angle_state_layout():
     np.testing.assert_allclose(state, [1, 2, 3, 0, 0, np.pi / 2, 0.04, -0.04], atol=1e-6)
 
 
+def test_camera_names_of_lerobot_openpi_and_robosuite_map_to_our_cameras():
+    wrist, agent = "robot0_eye_in_hand", "agentview"
+    names = ("image", "wrist", "image2", "wrist_image", "agentview_image", "robot0_eye_in_hand_image", agent, wrist)
+    assert lib.robosuite_cameras(names) == dict(
+        zip(names, [agent, wrist, wrist, wrist, agent, wrist, agent, wrist], strict=True)
+    )
+    with pytest.raises(KeyError, match=r"unknown LIBERO camera\(s\) \['image3'\].*agentview_image"):
+        lib.robosuite_cameras(("image", "image3"))
+
+
 @pytest.fixture(scope="module")
 def spatial():
     ensure_libero()
