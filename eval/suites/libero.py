@@ -41,6 +41,11 @@ OpenGL convention) on steps whose observation is asked for (``step(render=True)`
 last settle step), a blank frame otherwise. Settle steps and ``step(render=False)``
 thus cost physics only, and ``render_obs`` returns the last rendered step's observation.
 
+**Parity with LeRobot.** tests/eval/test_libero_env.py runs LeRobot 0.6.1's ``LiberoEnv`` (reset(seed=1000)
+as lerobot-eval's first rollout) and our episode 0 in separate processes: identical MuJoCo state, scene model,
+8-dim state and pixel-identical agent-view and wrist images after the settle steps and after 5 actions; and
+the same episode run twice in two processes gives the same image hashes.
+
 **Renderer settings.** By default LIBERO renders as it did for its datasets
 (shadows and reflections on). ``fast_render=True`` turns them off (render.py) for
 speed, at the cost of images that differ from the public datasets'.
