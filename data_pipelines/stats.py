@@ -50,10 +50,15 @@ def data_files(root: Path) -> list[Path]:
     return files
 
 
+def is_url(root: str | Path) -> bool:
+    """A dataset location given as a URL (``s3://``, ``file://``, ``hf://``: read through fsspec), not a path."""
+    return "://" in str(root)
+
+
 def open_root(root: str | Path) -> tuple[Any, str | Path]:
     """(fsspec filesystem, path in it) for a URL (``s3://``, ``file://``, ``hf://``: a streamed dataset,
     data_pipelines.streaming), else (None, Path): a local path keeps pyarrow's own file reading."""
-    if "://" in str(root):
+    if is_url(root):
         import fsspec
 
         return fsspec.core.url_to_fs(str(root))

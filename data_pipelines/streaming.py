@@ -63,6 +63,7 @@ from data_pipelines.lerobot_source import (
     delta_timestamps,
     reset_decoder_cache_after_fork,
 )
+from data_pipelines.stats import is_url, open_root
 from vla.utils.atomic import atomic_dir
 from vla.utils.paths import user_cache_dir
 
@@ -81,19 +82,12 @@ def stream_url(root: str | None, repo_id: str | None = None) -> str:
     """The dataset as a URL: a local path becomes ``file://`` (read through fsspec like a remote store), a URL
     stays, a hub id alone is ``hf://datasets/ID``."""
     if root:
-        if "://" in str(root):
+        if is_url(root):
             return str(root).rstrip("/")
         return Path(root).expanduser().resolve().as_uri()
     if repo_id:
         return f"hf://datasets/{repo_id}"
     raise ValueError("a streamed dataset needs dataset.root (a path or a URL) or dataset.repo_id")
-
-
-def filesystem(url: str) -> tuple[Any, str]:
-    """(fsspec filesystem, path in it) of a URL."""
-    import fsspec
-
-    return fsspec.core.url_to_fs(url)
 
 
 def local_meta(url: str, cache: str | Path | None = None) -> Path:
@@ -103,7 +97,7 @@ def local_meta(url: str, cache: str | Path | None = None) -> Path:
     the same data share one copy and an edited dataset is fetched again; a lock lets the ranks of a run
     fetch it once. Copies of earlier states of the same URL are removed.
     """
-    fs, base = filesystem(url)
+    fs, base = open_root(url)
     meta = f"{base.rstrip('/')}/meta"
     try:
         files = sorted(fs.find(meta))
@@ -437,7 +431,7 @@ class StreamSource(torch.utils.data.Dataset):
         if self._pid != os.getpid():
             if self._pid is not None:
                 reset_decoder_cache_after_fork()
-            self._pid, self._fs = os.getpid(), filesystem(self.url)
+            self._pid, self._fs = os.getpid(), open_root(self.url)
         return self._fs
 
     def _read_file(self, episodes: list[int]) -> dict[int, dict[str, Any]]:
@@ -498,7 +492,7 @@ class StreamSource(torch.utils.data.Dataset):
             self._videos[episode, key] = (url, ep[f"videos/{key}/from_timestamp"])
         url, start = self._videos[episode, key]
         if self._backend == "pyav":  # PyAV opens paths and file objects, not fsspec URLs
-            fs, path = filesystem(url)
+            fs, path = open_root(url)
             with fs.open(path, "rb") as f:
                 return decode_video_frames(f, [start + timestamp], TOLERANCE_S, "pyav").squeeze(0)
         return decode_video_frames(url, [start + timestamp], TOLERANCE_S, self._backend).squeeze(0)

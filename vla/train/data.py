@@ -21,7 +21,7 @@ from data_pipelines.feature_map import FeatureMapConfig, float_images
 from data_pipelines.frame_reader import read_draws
 from data_pipelines.legacy import readable_root
 from data_pipelines.lerobot_source import LeRobotSource, LeRobotSourceConfig
-from data_pipelines.stats import compute_stats, load_stats, read_columns
+from data_pipelines.stats import compute_stats, is_url, load_stats, read_columns
 from data_pipelines.streaming import StreamSource, StreamSourceConfig, local_meta
 from vla import types as T
 from vla.models.policy import STATS_FILE, WEIGHTS_FILE
@@ -125,7 +125,7 @@ def _source(
         image_size=[dcfg.image_size, dcfg.image_size] if dcfg.image_size else [],
         auxiliary=auxiliary or "",
     )
-    url = root is not None and "://" in root
+    url = root is not None and is_url(root)
     if url and not dcfg.streaming:
         raise ValueError(f"dataset.root={root} is a URL: it is read incrementally, add --dataset.streaming=true")
     if url and dcfg.validate:
@@ -260,7 +260,7 @@ def _stats(src: LeRobotSource | StreamSource, path: str | None = None) -> dict:
     if path is None:
         return fmap.stats_for(compute_stats(src.root, fmap.stats_keys, episodes=src.episodes))
     # A streamed dataset's URL: its meta/stats.json, through the local copy of its metadata.
-    folder = local_meta(path) if "://" in path else Path(path)
+    folder = local_meta(path) if is_url(path) else Path(path)
     if (folder / WEIGHTS_FILE).is_file():
         saved = json.loads((folder / STATS_FILE).read_text())
         stats = saved["members"][0] if "members" in saved else saved  # a mixture's: its primary robot

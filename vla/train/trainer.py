@@ -155,9 +155,9 @@ class Trainer:
         policy = self.accelerator.unwrap_model(self.policy)
         source = None
         if cfg.resume:  # the checkpoint's normalizer was loaded over the data's: its statistics are the run's
-            saved = self.ckpt.last / STATS_FILE
-            if saved.is_file():
-                policy.stats = json.loads(saved.read_text())  # so the next checkpoint saves what it normalizes with
+            saved = self.ckpt.read_extra(STATS_FILE)
+            if saved is not None:
+                policy.stats = saved  # so the next checkpoint saves what it normalizes with
             source = f"of the resumed checkpoint {self.ckpt.last.resolve()}"
         reports = check_training_statistics(self.data, policy, source)
         if self.is_main:
