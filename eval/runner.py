@@ -47,7 +47,7 @@ import logging
 import os
 import shutil
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -436,7 +436,7 @@ def combine_shards(shards: list[dict], shard_dirs: list[Path], out_dir: str | Pa
     protocol = {k: v for k, v in shards[order[0]]["protocol"].items() if k != "shard"}
     names = {t["index"]: t["name"] for t in protocol["tasks"]}
     expected = {(t["index"], i) for t in protocol["tasks"] for i in t["init_state_indices"]}
-    twice_eps = sorted({k for k in keys if keys.count(k) > 1})
+    twice_eps = sorted(k for k, n in Counter(keys).items() if n > 1)  # one pass: merges may hold 10^5 episodes
     if twice_eps:
         raise ValueError(f"the shards overlap: episodes played twice: {_episode_names(twice_eps, names)}")
     unfinished = sorted(expected - set(keys))
