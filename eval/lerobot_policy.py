@@ -118,6 +118,8 @@ class PolicyInputs:
 class LeRobotChunker:
     """The runner's chunk source for a LeRobot policy: one ``select_action`` per env per step."""
 
+    executes_prefix = False  # one action per step: the queue replans every step
+
     def __init__(self, path: Path, device: str) -> None:
         import lerobot.policies  # noqa: F401  (registers the policy config classes)
         from lerobot.configs.policies import PreTrainedConfig

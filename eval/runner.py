@@ -71,8 +71,12 @@ log = logging.getLogger(__name__)
 class ChunkSource(Protocol):
     """Where a model's actions come from: a policy in process or a policy server."""
 
+    # True: each chunk is already cut to the actions the policy chose to execute (MoH consensus, (K, D)),
+    # and the queue plays all K before asking again; False: the queue's replan_every decides.
+    executes_prefix: bool
+
     def __call__(self, items: list[NeedsChunk]) -> list[np.ndarray]:
-        """One (H, D) action chunk per waiting env's observation."""
+        """One (H, D) action chunk per waiting env's observation (its executed prefix with ``executes_prefix``)."""
 
     def action_queue(self) -> ActionQueue:
         """A fresh queue for one episode: how the policy plays its chunks."""
@@ -200,6 +204,7 @@ class ModelChunker:
 
     def __init__(self, policy, n_action_steps: int, device: str) -> None:
         self.policy, self.n, self.device = policy, n_action_steps, device
+        self.executes_prefix = policy.head.chooses_execute
         cfg = policy.config
         self.cameras = list(cfg.cameras)
         self.state_key = "env_state" if cfg.privileged_state else "state"
@@ -220,8 +225,12 @@ class ModelChunker:
         state = torch.from_numpy(np.stack([it.obs[self.state_key] for it in items])).float().to(self.device)  # (B, S)
         seeds = [it.seed for it in items]
         obs = {"images": images, "state": state, "instruction": [it.obs["instruction"] for it in items]}
-        chunk = self.policy.predict_chunk(obs, seed=seeds)  # (B, H, D) raw units
-        return list(chunk.float().cpu().numpy())  # sync point: once per batch
+        if not self.executes_prefix:
+            chunk = self.policy.predict_chunk(obs, seed=seeds)  # (B, H, D) raw units
+            return list(chunk.float().cpu().numpy())  # sync point: once per batch
+        chunk, execute = self.policy.predict_plan(obs, seed=seeds)  # (B, H, D), (B,) actions each env executes
+        chunks = list(chunk.float().cpu().numpy())  # sync point: once per batch
+        return [c[:k] for c, k in zip(chunks, execute.tolist(), strict=True)]  # each env's agreed prefix
 
     def action_queue(self) -> ActionQueue:
         """A fresh queue for one episode, as the policy plays its chunks."""
@@ -235,6 +244,8 @@ class ServerChunker:
     deterministically (it runs seeded requests unbatched), so server evaluations repeat
     exactly and do not depend on ``--num-envs``.
     """
+
+    executes_prefix = False  # the wire carries whole chunks
 
     def __init__(self, url: str, n_action_steps: int | None, num_envs: int, api_key: str | None = None) -> None:
         from vla.serve.client import PolicyClient
@@ -569,7 +580,9 @@ def _rollout(envs, todo: deque, chunker: ChunkSource | None, episode_log, suite:
             chunks = chunker([r for _, r in waiting])
             for (i, need), chunk in zip(waiting, chunks, strict=True):
                 queue = queues[i]
-                queue.add_chunk(np.asarray(chunk, dtype=np.float32), need.step)
+                queue.add_chunk(
+                    np.asarray(chunk, dtype=np.float32), need.step, len(chunk) if chunker.executes_prefix else None
+                )
                 actions = [queue.pop()]
                 while not queue.needs_chunk:
                     actions.append(queue.pop())
@@ -619,6 +632,8 @@ def _evaluate_model(cfg: EvalConfig, policy, digest: str) -> dict:
     }
     if pc.temporal_ensemble_coeff is not None:  # recorded only when set: earlier protocols stay resumable
         info["temporal_ensemble_coeff"] = pc.temporal_ensemble_coeff
+    if policy.head.chooses_execute:  # MoH consensus: chunks play their agreed prefix, not n_action_steps
+        info["executes_consensus_prefix"] = True
     if pc.auxiliary.enabled:  # what training used beside the inputs (never read here); only when set, as above
         info["training_auxiliary_target"] = pc.auxiliary.key
     cfg, cams = render_as_trained(cfg, list(pc.cameras), pc.image_size)

@@ -12,6 +12,11 @@ replaces it (the fresher observation wins) or, with ``ensemble_coeff``, is avera
 it as in ACT's temporal ensembling: the ``i``-th prediction received for a step weighs
 ``exp(-ensemble_coeff * i)`` (``i = 0`` for the oldest).
 
+A chunk may come with the number of its leading actions to execute (``add_chunk(..., execute=K)``:
+MoH's cross-horizon consensus, where the policy decides per chunk how far its prediction is
+trustworthy): only those K are planned, anything planned after them is dropped, and the next
+chunk is due once they are played, whatever ``replan_every`` says.
+
 Chunks are ``(..., H, D)`` arrays (numpy or torch; the step axis is ``-2``), so one queue
 serves a batch of streams that run in lock step (``Policy.select_action`` on a ``(B, H,
 D)`` batch) as well as a single stream (``(H, D)``). Only indexing and arithmetic are
@@ -68,6 +73,7 @@ class ActionQueue:
         self._t = 0  # absolute index of the next step to play
         self._slots: deque[_Slot] = deque()  # slot i is for step self._t + i
         self._last_request: int | None = None  # t_request of the newest chunk added
+        self._due: int | None = None  # step a new chunk is due at, when the newest chunk said how much to execute
 
     @property
     def t(self) -> int:
@@ -83,11 +89,14 @@ class ActionQueue:
         """True when nothing is planned, or ``replan_every`` steps have passed since the newest chunk's observation."""
         if not self._slots or self._last_request is None:
             return True
+        if self._due is not None:
+            return self._t >= self._due
         return self.replan_every is not None and self._t - self._last_request >= self.replan_every
 
-    def add_chunk(self, chunk: Any, t_request: int) -> int:
+    def add_chunk(self, chunk: Any, t_request: int, execute: int | None = None) -> int:
         """Merge ``chunk`` (..., H, D), observed at step ``t_request``; returns how many of its actions were
-        already overtaken by time (dropped)."""
+        already overtaken by time (dropped). ``execute``: play only its first ``execute`` actions, then
+        ask for a new chunk (planned actions past them are dropped); None: ``replan_every`` decides."""
         if len(chunk.shape) < 2:
             raise ValueError(f"actions: expected a chunk (..., H, D), got shape {tuple(chunk.shape)}")
         late = self._t - t_request
@@ -95,6 +104,18 @@ class ActionQueue:
             raise ValueError(f"chunk requested at step {t_request} is from the future (now {self._t})")
         horizon = chunk.shape[-2] if self.actions_per_chunk is None else min(chunk.shape[-2], self.actions_per_chunk)
         self._last_request = t_request if self._last_request is None else max(self._last_request, t_request)
+        self._due = None
+        if execute is not None:
+            if execute < 1:
+                raise ValueError(f"execute must be >= 1 action, got {execute}")
+            if self.ensemble_coeff is not None:
+                raise ValueError(
+                    "a chunk's execute length and temporal ensembling (a new chunk every step) exclude each other"
+                )
+            horizon = min(horizon, execute)
+            self._due = t_request + horizon
+            while len(self._slots) > max(horizon - late, 0):  # an older chunk's tail must not play after these
+                self._slots.pop()
         for i in range(horizon - late if horizon > late else 0):
             action = chunk[..., late + i, :]
             if i >= len(self._slots):

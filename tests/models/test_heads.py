@@ -17,6 +17,7 @@ import torch
 from vla.models.backbones import BackboneConfig
 from vla.models.heads import DiffusionConfig, FastHeadConfig, FlowMatchingConfig, HeadConfig
 from vla.models.heads.discrete import TokenHeadConfig, fill_padding, reserved_token_ids
+from vla.models.heads.horizons import MixtureOfHorizonsConfig
 from vla.models.heads.timesteps import sample_beta_time, sinusoidal_embedding
 from vla.registry import lookup
 
@@ -32,6 +33,7 @@ VARIANTS = {
     "diffusion": ("diffusion", {"width": 64, "num_layers": 2}),
     "flow": ("flow", {}),  # the expert's layers, heads and head_dim follow the backbone; width = half of it
     "regression": ("regression", {"width": 64}),
+    "regression-moh": ("regression", {"width": 64, "moh": MixtureOfHorizonsConfig(horizons=[2, 4])}),
 }
 HEADS = sorted({head_type for head_type, _ in VARIANTS.values()})
 

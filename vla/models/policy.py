@@ -285,7 +285,22 @@ class Policy(nn.Module):
         embodiment: int = 0,
         noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Observation batch (images (B,N,3,H,W) float [0,1] or uint8, state (B,S), instruction) -> (B, H, D) raw units.
+        """Observation batch -> (B, H, D) raw units; see ``predict_plan``."""
+        return self.predict_plan(observation, num_steps, seed, embodiment, noise)[0]
+
+    @torch.no_grad()
+    def predict_plan(
+        self,
+        observation: dict,
+        num_steps: int | None = None,
+        seed: int | list[int] | None = None,
+        embodiment: int = 0,
+        noise: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The chunk and how many of its leading actions to execute, (B,) long, when the head decides that
+        (MoH with ``moh.consensus``), else None: ``n_action_steps`` does.
+
+        Observation batch (images (B,N,3,H,W) float [0,1] or uint8, state (B,S), instruction) -> (B, H, D) raw units.
 
         ``seed``: an int makes stochastic heads (diffusion, flow) reproducible for the whole batch; a list
         of B ints gives each row its own initial noise, so a sample's chunk does not depend on which other
@@ -319,9 +334,13 @@ class Policy(nn.Module):
                 torch.manual_seed(seed)
             mark_step()  # a new chunk: outputs of earlier CUDA-graph replays are no longer read
             prefix_fn, state = self._prefix_fn(obs)
-            chunk = self.head.sample(prefix_fn, {**state, "noise": noise}, num_steps=steps)  # (B, H, Dw) normalized
+            b, d = images.shape[0], self.config.model_action_dim
+            real_dims = pad_last(torch.ones(b, self.config.action_dim, dtype=torch.bool, device=images.device), d)
+            chunk, execute = self.head.sample_plan(
+                prefix_fn, {**state, "noise": noise, "action_dim_mask": real_dims}, num_steps=steps
+            )  # (B, H, Dw) normalized
         chunk = chunk[..., : self.config.action_dim].float()  # padded action dims are not the robot's
-        return self.normalizers[embodiment].unnormalize("actions", chunk)
+        return self.normalizers[embodiment].unnormalize("actions", chunk), execute
 
     def action_queue(self, n_action_steps: int | None = None) -> ActionQueue:
         """How this policy turns chunks into actions, for whoever plays them (``select_action``, the
@@ -338,9 +357,14 @@ class Policy(nn.Module):
 
     @torch.no_grad()
     def select_action(self, observation: dict) -> torch.Tensor:
-        """One action (B, D) per call; a new chunk every ``n_action_steps`` (every step when ensembling)."""
-        if self._actions.needs_chunk:
+        """One action (B, D) per call; a new chunk every ``n_action_steps`` (every step when ensembling;
+        after the agreed prefix with MoH consensus)."""
+        if self._actions.needs_chunk and not self.head.chooses_execute:
             self._actions.add_chunk(self.predict_chunk(observation), self._actions.t)  # (B, H, D)
+        elif self._actions.needs_chunk:  # MoH consensus: play the prefix the horizons agree on
+            chunk, execute = self.predict_plan(observation)  # (B, H, D), (B,)
+            # the streams of a batch share one queue (lock step): the shortest agreed prefix of them all
+            self._actions.add_chunk(chunk, self._actions.t, int(execute.min()))  # sync point: once per chunk
         return self._actions.pop()
 
     # ---- checks ---------------------------------------------------------------------------------

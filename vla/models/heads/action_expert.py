@@ -156,7 +156,7 @@ class ActionExpert(nn.Module):
         context_kv: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,  # L x (B, K, T, Dh) each
         context: torch.Tensor | None = None,  # (B, T, Wc)
         cond: torch.Tensor | None = None,  # (B, cond_dim)
-        self_mask: torch.Tensor | None = None,  # (A, A) bool, who sees whom among the tokens; None: everyone
+        self_mask: torch.Tensor | None = None,  # (A, A) or per sample (B, A, A) bool, who sees whom; None: everyone
     ) -> torch.Tensor:
         b, a, _ = x.shape
         if a > self.cfg.max_tokens:
@@ -173,7 +173,8 @@ class ActionExpert(nn.Module):
             attn_mask = torch.cat([context_mask.to(torch.bool), own], dim=1)[:, None, None, :]  # (B, 1, 1, T + A)
         else:
             ctx = context_mask.to(torch.bool)[:, None, :].expand(b, a, -1)  # (B, A, T)
-            attn_mask = torch.cat([ctx, self_mask.to(x.device)[None].expand(b, a, a)], dim=2)[:, None]  # (B,1,A,T+A)
+            own = self_mask.to(x.device).expand(b, a, a)  # (B, A, A); one (A, A) mask broadcasts
+            attn_mask = torch.cat([ctx, own], dim=2)[:, None]  # (B, 1, A, T + A)
         if context is not None:
             context = context.to(x.dtype)
         for i, block in enumerate(self.blocks):

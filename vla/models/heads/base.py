@@ -66,3 +66,16 @@ class Head(nn.Module, abc.ABC):
     @abc.abstractmethod
     def sample(self, prefix_fn, batch: dict, num_steps: int | None = None) -> torch.Tensor:
         """Return a normalized chunk (B, H, D)."""
+
+    @property
+    def chooses_execute(self) -> bool:
+        """Whether ``sample_plan`` says how many actions of each chunk to execute (callers then play exactly those)."""
+        return False
+
+    def sample_plan(
+        self, prefix_fn, batch: dict, num_steps: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A normalized chunk (B, H, D) and how many of its leading actions to execute, (B,) long, or None
+        when the head leaves that to the caller's ``n_action_steps``. Heads that choose it themselves
+        (MoH's cross-horizon consensus, ``vla/models/heads/horizons.py``) override this."""
+        return self.sample(prefix_fn, batch, num_steps), None

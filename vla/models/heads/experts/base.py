@@ -3,7 +3,7 @@
 A style is one registered config (``@ExpertConfig.register_subclass("name")``) whose ``build``
 returns a module with one method the heads call::
 
-    run_suffix(tokens (B, A, We), prefix: Prefix, self_mask (A, A) bool, cond (B, We) | None) -> (B, A, We)
+    run_suffix(tokens (B, A, We), prefix: Prefix, self_mask (A, A) or (B, A, A) bool, cond (B, We) | None) -> (B, A, We)
 
 ``prefix`` carries the VLM's per-layer keys/values (post-rotary), its mask and the position of the
 first token after it; ``self_mask[i, j]`` says whether suffix token i may attend to suffix token j

@@ -161,7 +161,8 @@ class LayerwiseExpert(nn.Module):
         joint_rotary = self.rotary_emb(tokens, prefix.next_pos.to(tokens.device)[:, None] + steps)  # after the prefix
         cross_rotary = self.rotary_emb(tokens, steps[None].expand(b, a))  # SmolVLA: restart at 0
         real = prefix.mask.bool()
-        joint_mask = torch.cat([real[:, None, :].expand(b, a, -1), self_mask[None].expand(b, a, a)], dim=2)[:, None]
+        own = self_mask.expand(b, a, a)  # (A, A), or (B, A, A) when each sample has its own (MoH horizons)
+        joint_mask = torch.cat([real[:, None, :].expand(b, a, -1), own], dim=2)[:, None]
         cross_mask = real[:, None, None, :]  # (B, 1, 1, T)
         x = tokens
         for i, layer in enumerate(self.layers):
