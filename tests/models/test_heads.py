@@ -19,6 +19,7 @@ from vla.models.heads import DiffusionConfig, FastHeadConfig, FlowMatchingConfig
 from vla.models.heads.discrete import TokenHeadConfig, fill_padding, reserved_token_ids
 from vla.models.heads.horizons import MixtureOfHorizonsConfig
 from vla.models.heads.timesteps import sample_beta_time, sinusoidal_embedding
+from vla.models.heads.tokenizers import VQTokenizerConfig
 from vla.registry import lookup
 
 FAMILIES = ["smolvlm", "paligemma", "qwen2_5_vl"]
@@ -30,6 +31,7 @@ N_CAM, S, H, D = 1, 5, 4, 3
 VARIANTS = {
     "bins": ("bins", {}),
     "fast": ("fast", {"vocab_size": 64, "max_tokens": 16}),
+    "vq": ("vq", {"tokenizer": VQTokenizerConfig(window=2, levels=2, codes=16, hidden=32, fit_steps=100)}),
     "diffusion": ("diffusion", {"width": 64, "num_layers": 2}),
     "flow": ("flow", {}),  # the expert's layers, heads and head_dim follow the backbone; width = half of it
     "regression": ("regression", {"width": 64}),
@@ -85,7 +87,7 @@ def build_head(name: str, backbone, batch: dict | None = None, **overrides):
     """The head of variant ``name`` (a key of VARIANTS) with ``overrides`` on its config."""
     head_type, kwargs = VARIANTS[name]
     head = lookup(HeadConfig, head_type)(**{**kwargs, **overrides}).build(backbone, H, D)
-    if head_type == "fast":
+    if head_type in ("fast", "vq"):
         # the tokenizer is fitted on the dataset's chunks before training (here: the demo's)
         chunks = demo(4, seed=1)["actions"] if batch is None else batch["actions"]
         head.fit_tokenizer(chunks.numpy(), normalization="quantile")

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from vla.cli.common import FailureLog, report_failure
 
-SUMMARY = "generate, validate, inspect, convert datasets; compute statistics; fit the FAST tokenizer"
+SUMMARY = "generate, validate, inspect, convert datasets; compute statistics; fit an action tokenizer (FAST or VQ)"
 USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, KeyError, ValueError, TypeError, ImportError)
 
 
@@ -168,8 +168,14 @@ def cmd_fit_tokenizer(args: argparse.Namespace) -> int:
     from data_pipelines.lerobot_source import open_meta
     from data_pipelines.stats import compute_stats, load_stats
     from vla.models.heads.tokenizers.fast import fit_fast_tokenizer
+    from vla.models.heads.tokenizers.vq import VQTokenizerConfig
     from vla.models.normalizer import Normalizer
 
+    if args.type == "vq":  # a chunk length the window does not divide is refused before reading the data
+        vq = VQTokenizerConfig(
+            window=args.window, levels=args.levels, codes=args.codes, fit_steps=args.fit_steps, seed=args.seed
+        ).build()
+        vq.check_horizon(args.chunk)
     root = Path(args.path)
     fm = FeatureMap.infer(open_meta(root))
     try:
@@ -180,10 +186,17 @@ def cmd_fit_tokenizer(args: argparse.Namespace) -> int:
     norm = Normalizer({"actions": fm.stats_for(stats)["actions"]}, {"actions": args.norm})
     chunks = action_chunks(root, args.chunk, args.max_chunks, args.seed)
     normed = norm.normalize("actions", torch.as_tensor(chunks, dtype=torch.float32)).numpy()  # (N, H, D)
-    tok = fit_fast_tokenizer(normed, vocab_size=args.vocab_size, scale=args.scale, normalization=args.norm)
+    if args.type == "vq":
+        tok = vq.fit(normed)
+        tok.normalization = args.norm
+    else:
+        tok = fit_fast_tokenizer(normed, vocab_size=args.vocab_size, scale=args.scale, normalization=args.norm)
     path = tok.save(args.out)
     report = tok.report(normed)
-    print(f"fitted on {len(normed)} chunks of H={args.chunk}, D={normed.shape[-1]} ({args.norm} normalized)")
+    print(
+        f"fitted on {len(normed)} chunks of H={args.chunk}, D={normed.shape[-1]} ({args.norm} normalized): "
+        f"{args.type} tokenizer"
+    )
     print(f"reconstruction MAE: {report['reconstruction_mae']:.5f} (worst chunk {report['max_chunk_mae']:.5f})")
     print(f"mean tokens per chunk: {report['mean_tokens_per_chunk']:.2f} (max {report['max_tokens_per_chunk']:.0f})")
     print(f"vocab size: {int(report['vocab_size'])}")
@@ -280,14 +293,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser(
         "fit-tokenizer",
-        help="fit the FAST action tokenizer on normalized action chunks",
-        description="Fit the FAST (DCT + BPE) action tokenizer on normalized action chunks of a dataset; print reconstruction error and tokens per chunk.",
+        help="fit an action tokenizer (FAST or residual VQ) on normalized action chunks",
+        description="Fit an action tokenizer (FAST: DCT + BPE; vq: residual VQ) on normalized action chunks of a dataset; print reconstruction error and tokens per chunk.",
     )
     f.add_argument("path")
     f.add_argument("--out", required=True, help="directory for action_tokenizer.json")
     f.add_argument("--chunk", type=int, default=50, help="action chunk length H")
-    f.add_argument("--vocab-size", type=int, default=1024)
-    f.add_argument("--scale", type=float, default=10.0, help="DCT coefficient scale (precision vs length)")
+    f.add_argument("--type", default="fast", choices=["fast", "vq"], help="FAST (DCT + BPE) or residual VQ")
+    f.add_argument("--vocab-size", type=int, default=1024, help="fast: BPE vocabulary")
+    f.add_argument("--scale", type=float, default=10.0, help="fast: DCT coefficient scale (precision vs length)")
+    f.add_argument("--window", type=int, default=5, help="vq: steps per window W (must divide --chunk)")
+    f.add_argument("--levels", type=int, default=4, help="vq: residual levels L (tokens per window)")
+    f.add_argument("--codes", type=int, default=256, help="vq: codes per level K")
+    f.add_argument("--fit-steps", type=int, default=3000, help="vq: Adam steps of the encoder/decoder/codebooks")
     f.add_argument(
         "--norm",
         default="quantile",

@@ -94,11 +94,11 @@ class Trainer:
             else:
                 self.policy, plan = Policy(cfg.policy, self.data.stats), None
         tokenizer = getattr(self.policy.head, "tokenizer", None)
-        if tokenizer is not None and not tokenizer.is_fitted:  # FAST: fit on this dataset's action chunks
+        if tokenizer is not None and not tokenizer.is_fitted:  # FAST, VQ: fit on this dataset's action chunks
             chunks = normalized_action_chunks(self.data, self.policy)
             report = self.policy.head.fit_tokenizer(chunks, normalization=self.policy.config.action_norm)
             if self.is_main:
-                print(f"fitted the FAST tokenizer on the dataset: {report}", flush=True)
+                print(f"fitted the {tokenizer.name} tokenizer on the dataset: {report}", flush=True)
         # From here on the global RNG differs per rank: what still draws from it in training (dropout, in a
         # backbone that has it) must not drop the same units on every rank.
         set_seed(cfg.train.seed, device_specific=True)

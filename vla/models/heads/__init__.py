@@ -1,4 +1,4 @@
-"""Action heads, registered by name under ``HeadConfig``: bins, fast, diffusion, flow, regression.
+"""Action heads, registered by name under ``HeadConfig``: bins, fast, vq, diffusion, flow, regression.
 
 Importing this package registers every head (and every action tokenizer). Adding a head
 is one file plus one import line here.
@@ -10,6 +10,7 @@ from vla.models.heads.discrete import BinsHeadConfig, DiscreteHead, FastHeadConf
 from vla.models.heads.flow_matching import FlowMatchingConfig, FlowMatchingHead
 from vla.models.heads.regression import RegressionConfig, RegressionHead
 from vla.models.heads.tokenizers import fit_fast_tokenizer
+from vla.models.heads.vq import VQHeadConfig
 
 __all__ = [
     "BinsHeadConfig",
@@ -23,5 +24,6 @@ __all__ = [
     "HeadConfig",
     "RegressionConfig",
     "RegressionHead",
+    "VQHeadConfig",
     "fit_fast_tokenizer",
 ]

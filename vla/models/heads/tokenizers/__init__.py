@@ -1,4 +1,4 @@
-"""Action tokenizers for the discrete heads, registered by name (``bins``, ``fast``).
+"""Action tokenizers for the discrete heads, registered by name (``bins``, ``fast``, ``vq``).
 
 Importing this package registers every tokenizer: add one file plus one import line.
 """
@@ -12,6 +12,7 @@ from vla.models.heads.tokenizers.base import (
 )
 from vla.models.heads.tokenizers.bins import BinsTokenizer, BinsTokenizerConfig
 from vla.models.heads.tokenizers.fast import FastTokenizer, FastTokenizerConfig, fit_fast_tokenizer
+from vla.models.heads.tokenizers.vq import VQTokenizer, VQTokenizerConfig
 
 __all__ = [
     "ActionTokenizer",
@@ -20,6 +21,8 @@ __all__ = [
     "BinsTokenizerConfig",
     "FastTokenizer",
     "FastTokenizerConfig",
+    "VQTokenizer",
+    "VQTokenizerConfig",
     "check_tokenizer_normalization",
     "fit_fast_tokenizer",
     "load_tokenizer",
