@@ -30,6 +30,7 @@ N_CAM, S, H, D = 1, 5, 4, 3
 # sizes so the tiny backbone dominates the cost; everything else is the default.
 VARIANTS = {
     "bins": ("bins", {}),
+    "bins-diffusion": ("bins", {"decoding": "diffusion"}),  # masked discrete diffusion (Discrete Diffusion VLA)
     "fast": ("fast", {"vocab_size": 64, "max_tokens": 16}),
     "vq": ("vq", {"tokenizer": VQTokenizerConfig(window=2, levels=2, codes=16, hidden=32, fit_steps=100)}),
     "diffusion": ("diffusion", {"width": 64, "num_layers": 2}),
@@ -136,8 +137,11 @@ def test_registry_contract(name, family):
 
     losses = train(head, backbone, prefix_fn, batch, steps=25, lr=2e-3)
     ratio = np.mean(losses[-3:]) / np.mean(losses[:3])
-    # measured at 25 steps: cross-entropy falls to 0.04-0.12x, continuous losses to 0.1-0.33x
-    limit = 0.3 if issubclass(lookup(HeadConfig, VARIANTS[name][0]), TokenHeadConfig) else 0.5
+    # measured at 25 steps: cross-entropy falls to 0.04-0.12x (masked diffusion's, a fresh random mask ratio
+    # every step, to 0.45-0.52x over 6 seeds), continuous losses to 0.1-0.33x
+    token_head = issubclass(lookup(HeadConfig, VARIANTS[name][0]), TokenHeadConfig)
+    masked_diffusion = VARIANTS[name][1].get("decoding") == "diffusion"
+    limit = 0.65 if masked_diffusion else 0.3 if token_head else 0.5
     assert ratio < limit, f"{name} on {family}: loss {np.mean(losses[:3]):.3f} -> {np.mean(losses[-3:]):.3f}"
 
 

@@ -71,3 +71,19 @@ def test_full_scales_are_lerobots_architectures(scale):
         "smolvla": 8 * (smol + 2 * 720 * 320) + 8 * (smol + 2 * 320 * 320) + 720,
     }
     assert expert == expected[scale], (expert, expected[scale])
+
+
+def test_head_options_reach_the_head_config_typed_and_checked():
+    """`vla bench infer --head bins --head-option decoding=diffusion --head-option diffusion_steps=4`."""
+    from vla.bench.model import scale_config
+    from vla.cli.bench import _head_options
+
+    options = _head_options(["decoding=diffusion", "diffusion_steps=4"])
+    head = scale_config(ModelBenchConfig(head="bins", head_options=options), torch.float32).head
+    assert (head.type, head.decoding, head.diffusion_steps) == ("bins", "diffusion", 4)
+    with pytest.raises(ValueError, match="--head-option decodng: the bins head has no such option"):
+        scale_config(ModelBenchConfig(head="bins", head_options={"decodng": "diffusion"}), torch.float32)
+    with pytest.raises(ValueError, match="not supported by the fast head"):  # the config's own check runs
+        scale_config(ModelBenchConfig(head="fast", head_options={"decoding": "diffusion"}), torch.float32)
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        _head_options(["decoding"])

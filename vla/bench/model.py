@@ -10,11 +10,14 @@ starts from a checkpoint instead (ours, or LeRobot's, imported on the fly), so t
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import draccus
 import torch
 
 import vla.models.backbones  # noqa: F401
@@ -33,6 +36,7 @@ SCALES = ("tiny", "pi0", "pi05", "smolvla")  # tiny: a tiny SmolVLM with the flo
 class ModelBenchConfig:
     scale: str = "tiny"  # tiny | pi0 | pi05 | smolvla
     head: str | None = None  # override the scale's head type
+    head_options: dict[str, str] = field(default_factory=dict)  # head config fields, e.g. {"decoding": "diffusion"}
     weights: str | None = None  # start from this checkpoint (ours, or a LeRobot pi0/pi0.5/SmolVLA folder)
     processor: str | None = None  # weights from LeRobot: the VLM's processor folder (default: a synthetic one)
     cameras: int = 2
@@ -67,6 +71,7 @@ def scale_config(cfg: ModelBenchConfig, dtype: torch.dtype) -> PolicyConfig:
         raise KeyError(f"unknown scale {cfg.scale!r}; known: {', '.join(SCALES)}")
     if cfg.head:
         pcfg.head = HeadConfig.get_choice_class(cfg.head)()
+    pcfg.head = with_head_options(pcfg.head, cfg.head_options)
     pcfg.backbone.dtype = dtype_name
     pcfg.backbone.gradient_checkpointing = cfg.gradient_checkpointing
     pcfg.chunk_size = pcfg.n_action_steps = cfg.chunk
@@ -74,6 +79,16 @@ def scale_config(cfg: ModelBenchConfig, dtype: torch.dtype) -> PolicyConfig:
     pcfg.cameras = [f"cam{i}" for i in range(cfg.cameras)]
     pcfg.state_dim, pcfg.action_dim = cfg.state_dim, cfg.action_dim
     return pcfg
+
+
+def with_head_options(head: HeadConfig, options: dict[str, str]) -> HeadConfig:
+    """``head`` with ``options`` (strings, parsed to each field's type) set; the config's own checks run again."""
+    names = {f.name for f in dataclasses.fields(head)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise ValueError(f"--head-option {unknown[0]}: the {head.type} head has no such option; it has {sorted(names)}")
+    hints = typing.get_type_hints(type(head))
+    return dataclasses.replace(head, **{k: draccus.decode(hints[k], v) for k, v in options.items()})
 
 
 def build_policy(cfg: ModelBenchConfig, device: torch.device) -> Policy:
@@ -220,6 +235,7 @@ def bench_infer(cfg: ModelBenchConfig) -> dict:
         "what": "infer_chunk_b1",
         "scale": cfg.scale,
         "head": policy.config.head.type,
+        "head_options": cfg.head_options,
         "weights": cfg.weights or "random",
         "inference_steps": cfg.inference_steps,
         "chunk": cfg.chunk,

@@ -4,6 +4,7 @@
                                                                    our DataLoader vs LeRobot's, same run
     vla bench train [--scale tiny|pi0|smolvla --batch-sizes 8,16] training samples/s, memory, MFU
     vla bench infer [--scale ...]                                  one chunk at batch 1: p50/p90 latency
+    vla bench infer --head bins --head-option decoding=diffusion [--inference-steps 12]   a head's options
     vla bench train|infer --scale pi0 --peer lerobot-pi0 [--same-weights]   LeRobot's pi0 beside ours (GPU)
     vla bench train|infer --weights CKPT                           ours from a checkpoint (ours, or LeRobot's)
     vla bench eval  [--suite mw-easy --num-envs 2]                 runner vs naive loop, E envs vs 1
@@ -59,12 +60,25 @@ def run_data(a) -> dict | list[dict]:
     return rows[0] if len(rows) == 1 else rows
 
 
+def _head_options(pairs: list[str]) -> dict[str, str]:
+    """``["decoding=diffusion", "diffusion_steps=12"]`` -> a dict (parsed to the field types by the benchmark)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--head-option takes KEY=VALUE (e.g. decoding=diffusion), got {pair!r}")
+        out[key] = value
+    return out
+
+
 def _model_cfg(a):
     from vla.bench.model import ModelBenchConfig
 
     return ModelBenchConfig(
         scale=a.scale,
         head=a.head,
+        head_options=_head_options(a.head_option),
+        inference_steps=a.inference_steps,
         weights=a.weights,
         processor=a.processor,
         batch_sizes=_ints(a.batch_sizes),
@@ -221,6 +235,16 @@ def main(argv: list[str]) -> int:
         "--same-weights", action="store_true", help="with --peer: ours starts from the peer's own initial weights"
     )
     p.add_argument("--head", default=None, help="override the scale's head (bins, fast, diffusion, flow, regression)")
+    p.add_argument(
+        "--head-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a head config field, repeatable (e.g. --head bins --head-option decoding=diffusion)",
+    )
+    p.add_argument(
+        "--inference-steps", type=int, default=10, help="`infer`: denoising steps / diffusion rounds (sample num_steps)"
+    )
     p.add_argument("--batch-sizes", default="8")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 on a GPU, fp32 on CPU")
     p.add_argument("--image-size", type=int, default=224)

@@ -87,19 +87,33 @@ class Backbone(nn.Module, abc.ABC):
         suffix_embeds: torch.Tensor | None = None,
         suffix_mask: torch.Tensor | None = None,
         use_cache: bool = False,
+        suffix_block: int = 0,
     ) -> Prefix:
         """Run the VLM over the prefix (and an optional causal suffix of embeddings).
 
         With ``suffix_embeds`` (B, Ts, W) the returned ``hidden`` spans prefix + suffix
         and the suffix attends causally to itself and fully to the prefix (teacher
-        forcing for the discrete heads). ``with_kv`` fills ``Prefix.keys/values``.
-        ``use_cache`` stores a transformers cache in ``Prefix.extras["cache"]`` for
-        ``decode_step``.
+        forcing for the discrete heads). ``suffix_block`` > 0 makes the last that many
+        suffix tokens a bidirectional block (they see each other both ways; no earlier
+        token sees them): the masked action block of discrete diffusion. ``with_kv``
+        fills ``Prefix.keys/values``. ``use_cache`` stores a transformers cache in
+        ``Prefix.extras["cache"]`` for ``decode_step`` / ``decode_block``.
         """
 
     @abc.abstractmethod
     def decode_step(self, prefix: Prefix, token_embeds: torch.Tensor, step_mask: torch.Tensor) -> torch.Tensor:
         """Autoregressive step: (B, 1, W) embeddings -> (B, 1, W) hidden; extends the cache in place."""
+
+    @abc.abstractmethod
+    def decode_block(
+        self, prefix: Prefix, block_embeds: torch.Tensor, block_mask: torch.Tensor | None = None, *, keep: bool = False
+    ) -> torch.Tensor:
+        """A bidirectional block (B, Tb, W) after the cached sequence -> its hidden (B, Tb, W).
+
+        The same numbers as ``encode(..., suffix_embeds=[cached suffix; block], suffix_block=Tb)``
+        gives the block, without recomputing the prefix. ``keep=False`` leaves the cache as it was
+        (a parallel decoder scores one block per round against one prefix); ``keep=True`` appends it.
+        """
 
     @abc.abstractmethod
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:

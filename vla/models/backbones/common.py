@@ -267,6 +267,7 @@ class VLMBackbone(Backbone):
         suffix_mask=None,
         use_cache=False,
         state_mask=None,
+        suffix_block=0,
     ):
         ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
         B = ids.shape[0]
@@ -311,7 +312,9 @@ class VLMBackbone(Backbone):
             full_mask = torch.cat([mask, s_mask], 1)
 
         state_tokens = 1 if self.state_proj is not None else 0
-        attn = build_attention_mask(mask, s_mask, self.bidirectional_prefix, x.dtype, causal_tail=state_tokens)
+        attn = build_attention_mask(
+            mask, s_mask, self.bidirectional_prefix, x.dtype, causal_tail=state_tokens, suffix_block=suffix_block
+        )
         checkpointing = self.training and any(
             getattr(layer, "gradient_checkpointing", False) for layer in self.lm.layers
         )
@@ -377,25 +380,36 @@ class VLMBackbone(Backbone):
         return out, keys, values
 
     def decode_step(self, prefix, token_embeds, step_mask):
+        check_shape("token_embeds", token_embeds, "B 1 W", W=self.width)
+        return self.decode_block(prefix, token_embeds, step_mask, keep=True)
+
+    def decode_block(self, prefix, block_embeds, block_mask=None, *, keep=False):
         if "cache" not in prefix.extras:
-            raise KeyError("decode_step needs a Prefix from encode(..., use_cache=True); extras has no 'cache'")
-        B = check_shape("token_embeds", token_embeds, "B 1 W", W=self.width)["B"]
-        check_shape("step_mask", step_mask, "B 1", B=B)
-        kv_mask, next_pos = prefix.extras["kv_mask"], prefix.extras["next_pos"]
-        keys_real = torch.cat([kv_mask, kv_mask.new_ones(B, 1)], 1)  # a token always sees itself
-        attn = torch.zeros(B, 1, 1, keys_real.shape[1], dtype=token_embeds.dtype, device=token_embeds.device)
-        attn = attn.masked_fill(~keys_real[:, None, None], torch.finfo(token_embeds.dtype).min)
-        pos = self.step_positions(next_pos)  # (B, 1) or (3, B, 1)
+            raise KeyError("decode_block needs a Prefix from encode(..., use_cache=True); extras has no 'cache'")
+        dims = check_shape("block_embeds", block_embeds, "B Tb W", W=self.width)
+        B, Tb = dims["B"], dims["Tb"]
+        block_mask = block_embeds.new_ones(B, Tb, dtype=torch.bool) if block_mask is None else block_mask.bool()
+        check_shape("block_mask", block_mask, "B Tb", B=B, Tb=Tb)
+        kv_mask, next_pos, cache = prefix.extras["kv_mask"], prefix.extras["next_pos"], prefix.extras["cache"]
+        if not keep and not cache.is_croppable:
+            raise RuntimeError(
+                f"{type(self).__name__}: this cache cannot be rolled back, so decode_block needs keep=True"
+            )
+        # each block query sees the real cached keys, the block's real keys both ways, and itself
+        keys_real = torch.cat([kv_mask[:, None, :].expand(B, Tb, -1), block_mask[:, None, :].expand(B, Tb, Tb)], 2)
+        keys_real[:, :, kv_mask.shape[1] :] |= torch.eye(Tb, dtype=torch.bool, device=block_mask.device)
+        attn = torch.zeros(B, 1, Tb, keys_real.shape[2], dtype=block_embeds.dtype, device=block_embeds.device)
+        attn = attn.masked_fill(~keys_real[:, None], torch.finfo(block_embeds.dtype).min)
+        pos = self.step_positions(next_pos) + torch.arange(Tb, device=block_embeds.device)  # (B, Tb) or (3, B, Tb)
         out = self.lm(
-            inputs_embeds=token_embeds,
-            attention_mask=attn,
-            position_ids=pos,
-            past_key_values=prefix.extras["cache"],
-            use_cache=True,
+            inputs_embeds=block_embeds, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True
         )
-        prefix.extras["kv_mask"] = torch.cat([kv_mask, step_mask.bool()], 1)
-        prefix.extras["next_pos"] = next_pos + 1
-        return out.last_hidden_state  # (B, 1, W)
+        if keep:
+            prefix.extras["kv_mask"] = torch.cat([kv_mask, block_mask], 1)
+            prefix.extras["next_pos"] = next_pos + Tb
+        else:
+            cache.crop(-Tb)  # the cache as it was: the next round scores another block against the same prefix
+        return out.last_hidden_state  # (B, Tb, W)
 
     def embed_tokens(self, ids):
         return self.lm.get_input_embeddings()(ids)

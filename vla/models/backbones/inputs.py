@@ -44,14 +44,17 @@ def build_attention_mask(
     bidirectional: bool,
     dtype: torch.dtype,
     causal_tail: int = 0,
+    suffix_block: int = 0,
 ) -> torch.Tensor:
     """Additive mask (B, 1, T, T), T = Tp + Ts: 0 where attention is allowed, dtype-min elsewhere.
 
     Prefix queries see real prefix keys (all of them if ``bidirectional``, else earlier ones);
     the last ``causal_tail`` prefix tokens (the state token) are not seen by the tokens before
     them but see them all, as pi0 and SmolVLA make the state a block of its own. Suffix
-    query i sees every real prefix key, earlier real suffix keys and itself. Every token sees
-    itself, so padded rows stay finite. Additive (not bool) so eager and sdpa agree.
+    query i sees every real prefix key, earlier real suffix keys and itself; the last
+    ``suffix_block`` suffix tokens also see each other both ways (a bidirectional block after a
+    causal suffix: the action block of discrete diffusion), and no earlier token sees them.
+    Every token sees itself, so padded rows stay finite. Additive (not bool) so eager and sdpa agree.
     """
     B, Tp = prefix_mask.shape
     Ts = 0 if suffix_mask is None else suffix_mask.shape[1]
@@ -63,6 +66,10 @@ def build_attention_mask(
     if bidirectional:
         head = Tp - causal_tail
         allowed[:, :head, :head] = prefix_mask[:, None, :head].expand(B, head, head)
+    if not 0 <= suffix_block <= Ts:
+        raise ValueError(f"suffix_block={suffix_block} must lie in [0, {Ts}] (the suffix length)")
+    if suffix_block:
+        allowed[:, T - suffix_block :, T - suffix_block :] = key_real[:, None, T - suffix_block :]
     allowed |= torch.eye(T, dtype=torch.bool, device=prefix_mask.device)[None]
     out = torch.zeros(B, 1, T, T, dtype=dtype, device=prefix_mask.device)
     return out.masked_fill(~allowed[:, None], torch.finfo(dtype).min)

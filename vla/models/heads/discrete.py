@@ -25,6 +25,9 @@ loads one saved by ``vla data fit-tokenizer``, else the trainer calls
 and restores it with ``head.load_tokenizer_state(state)`` (or ``save_tokenizer(dir)`` /
 ``load_tokenizer(dir)``).
 
+``decoding="diffusion"`` (bins only): discrete diffusion over the same tokens instead of teacher
+forcing and greedy decoding (Discrete Diffusion VLA; ``masked_diffusion.py``).
+
 State: with ``state_mode="head"`` one state token (from ``batch["state"]``, which must be the
 normalized state as the Policy passes it) is prepended to the suffix, before the start token.
 """
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -55,11 +59,39 @@ IGNORE = -100  # cross-entropy target of padded tokens
 
 @dataclass
 class TokenHeadConfig(HeadConfig):
-    """What both token heads share: their vocabulary covers normalized actions in [-1, 1], so the
-    actions must be normalized into that range (q01/q99 or min/max), not by mean/std."""
+    """What the token heads share: their vocabulary covers normalized actions in [-1, 1], so the
+    actions must be normalized into that range (q01/q99 or min/max), not by mean/std.
+
+    ``decoding``: ``autoregressive`` (teacher forcing, greedy decoding token by token) or ``diffusion``
+    (masked discrete diffusion over the whole chunk, ``masked_diffusion.py``): a random fraction of the
+    tokens is replaced by a [MASK] token and predicted with a bidirectional action block; decoding
+    unmasks the most confident tokens over ``diffusion_steps`` rounds (``sample(num_steps=T)`` overrides
+    it). ``remask``: ``none`` (a committed token stays) or ``soft`` (the released code's rule: committed
+    tokens compete again each round with their current probability scaled by 1 - k/T).
+    """
 
     action_norms = ("quantile", "min_max")
     default_action_norm = "quantile"
+    # diffusion needs a chunk of a fixed number of tokens known before decoding (bins: H*D)
+    supports_diffusion: ClassVar[bool] = False
+    decoding: Literal["autoregressive", "diffusion"] = "autoregressive"
+    diffusion_steps: int = 12  # T, the parallel decoding rounds (the paper's code default)
+    remask: Literal["none", "soft"] = "none"
+
+    def __post_init__(self):
+        if self.decoding not in ("autoregressive", "diffusion"):
+            raise ValueError(f"decoding must be 'autoregressive' or 'diffusion', got {self.decoding!r}")
+        if self.remask not in ("none", "soft"):
+            raise ValueError(f"remask must be 'none' or 'soft', got {self.remask!r}")
+        if self.diffusion_steps < 1:
+            raise ValueError(f"diffusion_steps must be >= 1, got {self.diffusion_steps}")
+        if self.decoding == "diffusion" and not self.supports_diffusion:
+            raise ValueError(
+                f"policy.head.decoding='diffusion' is not supported by the {self.type} head: discrete diffusion "
+                "decodes a block of a fixed number of tokens in parallel, and this head's chunks vary in length "
+                "and end with an end token (which would need padding/end handling inside the block); use "
+                "policy.head.type=bins with decoding=diffusion, or decoding=autoregressive"
+            )
 
 
 @HeadConfig.register_subclass("bins")
@@ -67,8 +99,15 @@ class TokenHeadConfig(HeadConfig):
 class BinsHeadConfig(TokenHeadConfig):
     n_bins: int = 256  # uniform bins per dim over the normalized range [-1, 1]
 
+    supports_diffusion = True
+
     def build(self, backbone, horizon: int, action_dim: int) -> DiscreteHead:
-        return DiscreteHead(BinsTokenizer(self.n_bins), backbone, horizon, action_dim, max_tokens=horizon * action_dim)
+        tokenizer = BinsTokenizer(self.n_bins)
+        if self.decoding == "diffusion":
+            from vla.models.heads.masked_diffusion import MaskedDiffusionHead  # imports this module
+
+            return MaskedDiffusionHead(tokenizer, backbone, horizon, action_dim, self.diffusion_steps, self.remask)
+        return DiscreteHead(tokenizer, backbone, horizon, action_dim, max_tokens=horizon * action_dim)
 
 
 @HeadConfig.register_subclass("fast")
@@ -132,6 +171,7 @@ def fill_padding(actions: np.ndarray, action_pad: np.ndarray | None, dim_mask: n
 
 class DiscreteHead(Head):
     needs_suffix = True
+    n_special = 1  # VLM ids reserved below the action ids: the action-start token (diffusion adds [MASK])
 
     def __init__(
         self,
@@ -155,9 +195,10 @@ class DiscreteHead(Head):
         n_tokens = n_action_ids or tokenizer.vocab_size
         self.eos = None if self.fixed_length else n_tokens  # local id of the end token
         self.n_action = n_tokens + (0 if self.fixed_length else 1)
-        ids = action_vocab_ids(backbone.vocab_size, reserved_token_ids(backbone), self.n_action + 1)
-        self.register_buffer("start_id", torch.tensor([ids[0]]), persistent=False)  # (1,)
-        self.register_buffer("action_ids", torch.tensor(ids[1:]), persistent=False)  # (n_action,) local -> VLM id
+        ids = action_vocab_ids(backbone.vocab_size, reserved_token_ids(backbone), self.n_action + self.n_special)
+        self.special_ids = ids[: self.n_special]  # ascending; the start token is the last, just below the actions
+        self.register_buffer("start_id", torch.tensor([ids[self.n_special - 1]]), persistent=False)  # (1,)
+        self.register_buffer("action_ids", torch.tensor(ids[self.n_special :]), persistent=False)  # (n_action,)
         self.width = backbone.width
         # The head calls the backbone's embeddings, LM head and decode_step but does not own
         # their weights: a plain tuple keeps nn.Module from registering the backbone as a child
