@@ -104,6 +104,10 @@ class EvalConfig:
     compile: bool = False  # regional torch.compile of the policy (CUDA graphs for the head on a GPU)
     out: str = "outputs/eval"
     n_action_steps: int | None = None  # actions played per observation (default: the policy's own)
+    # A new chunk every step, blended (instead of the checkpoint's own play): ACT's temporal ensembling with
+    # this coefficient, or CogACT's adaptive ensembling with this alpha (vla.action_queue)
+    temporal_ensemble_coeff: float | None = None
+    adaptive_ensemble_alpha: float | None = None
     image_size: int | None = None  # render size (default: the checkpoint's training resolution, else the suite's)
     progress: bool = True
     dataset: str | None = None  # open loop instead of a suite: chunk errors on this LeRobot dataset (eval/offline.py)
@@ -126,6 +130,14 @@ class EvalConfig:
             raise ValueError(f"--first-episode must be >= 0; got {self.first_episode}")
         if not 0 <= self.shard_index < self.num_shards:
             raise ValueError(f"--shard-index must be in [0, {self.num_shards}) for --num-shards {self.num_shards}")
+        ensembles = [k for k in ("temporal_ensemble_coeff", "adaptive_ensemble_alpha") if getattr(self, k) is not None]
+        if ensembles and not self.checkpoint:
+            flags = ", ".join(f"--{k.replace('_', '-')}" for k in ensembles)
+            raise ValueError(f"{flags}: evaluation-time ensembling is for --checkpoint (a server advertises its own)")
+        if len(ensembles) > 1:
+            raise ValueError("--temporal-ensemble-coeff and --adaptive-ensemble-alpha exclude each other")
+        if ensembles and self.n_action_steps not in (None, 1):
+            raise ValueError(f"--{ensembles[0].replace('_', '-')} plays a new chunk every step: drop --n-action-steps")
 
     @property
     def episodes(self) -> range:
@@ -257,10 +269,11 @@ class ServerChunker:
             raise ValueError(f"{url}: the server does not say its action horizon; pass --n-action-steps")
         self.n = int(self.n)
         self.ensemble_coeff = meta.get("temporal_ensemble_coeff")
+        self.adaptive_alpha = meta.get("adaptive_ensemble_alpha")
 
     def action_queue(self) -> ActionQueue:
         """A fresh queue for one episode, as the served checkpoint says to play its chunks."""
-        return ActionQueue(ensemble_coeff=self.ensemble_coeff, replan_every=self.n)
+        return ActionQueue(ensemble_coeff=self.ensemble_coeff, replan_every=self.n, adaptive_alpha=self.adaptive_alpha)
 
     def _one(self, client, it: NeedsChunk) -> np.ndarray:
         obs = {f"observation.images.{c}": img for c, img in it.obs["images"].items()}
@@ -630,8 +643,9 @@ def _evaluate_model(cfg: EvalConfig, policy, digest: str) -> dict:
         "cameras": list(pc.cameras),
         "state_key": pc.state_key,
     }
-    if pc.temporal_ensemble_coeff is not None:  # recorded only when set: earlier protocols stay resumable
-        info["temporal_ensemble_coeff"] = pc.temporal_ensemble_coeff
+    for key in ("temporal_ensemble_coeff", "adaptive_ensemble_alpha"):  # recorded only when set: earlier
+        if getattr(pc, key) is not None:  # protocols stay resumable
+            info[key] = getattr(pc, key)
     if policy.head.chooses_execute:  # MoH consensus: chunks play their agreed prefix, not n_action_steps
         info["executes_consensus_prefix"] = True
     if pc.auxiliary.enabled:  # what training used beside the inputs (never read here); only when set, as above
@@ -655,6 +669,8 @@ def evaluate(cfg: EvalConfig) -> dict:
         info = {"name": cfg.server, "kind": "server", "n_action_steps": chunker.n}
         if chunker.ensemble_coeff is not None:
             info["temporal_ensemble_coeff"] = chunker.ensemble_coeff
+        if chunker.adaptive_alpha is not None:
+            info["adaptive_ensemble_alpha"] = chunker.adaptive_alpha
         try:
             return run_evaluation(cfg, chunker, None, info)
         finally:
@@ -662,6 +678,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     from vla.models.policy import Policy, checkpoint_hash
 
     policy = Policy.load(cfg.checkpoint, device=cfg.device)
+    if cfg.temporal_ensemble_coeff is not None or cfg.adaptive_ensemble_alpha is not None:
+        policy.use_ensembling(cfg.temporal_ensemble_coeff, cfg.adaptive_ensemble_alpha)
     if cfg.compile:
         from vla.models.compile import compile_for_inference
 

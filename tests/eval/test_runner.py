@@ -73,6 +73,20 @@ def test_task_selection_seeds_and_config_checks():
         evaluate(EvalConfig(policy="random", episodes_per_task=51, out="/nonexistent/never-written"))
 
 
+@pytest.mark.sim
+def test_eval_time_adaptive_ensembling_of_a_checkpoint(tiny_checkpoint, tmp_path):
+    """--adaptive-ensemble-alpha: the checkpoint (trained with 4 actions per chunk) plays a new chunk every
+    step, blended, and the protocol says so; it is refused where it cannot apply."""
+    kw = dict(suite="mw-easy", tasks="reach-v3", episodes_per_task=1, max_steps=6, image_size=64, progress=False)
+    cfg = EvalConfig(checkpoint=str(tiny_checkpoint), adaptive_ensemble_alpha=0.1, out=str(tmp_path / "a"), **kw)
+    proto = evaluate(cfg)["protocol"]
+    assert proto["n_action_steps"] == 1 and proto["policy"]["adaptive_ensemble_alpha"] == 0.1
+    with pytest.raises(ValueError, match="evaluation-time ensembling is for --checkpoint"):
+        evaluate(EvalConfig(policy="random", adaptive_ensemble_alpha=0.1))
+    with pytest.raises(ValueError, match="drop --n-action-steps"):
+        evaluate(EvalConfig(checkpoint="x", adaptive_ensemble_alpha=0.1, n_action_steps=4))
+
+
 def test_oracle_refused_on_libero(tmp_path):
     with pytest.raises(ValueError, match="no scripted experts"):
         evaluate(EvalConfig(policy="oracle", suite="libero_spatial", tasks="0", episodes_per_task=1, out=str(tmp_path)))

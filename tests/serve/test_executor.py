@@ -71,6 +71,18 @@ def test_temporal_ensembling_weights(coeff):
     ex.close()
 
 
+def test_adaptive_ensembling_weights():
+    """ExecutorConfig.adaptive_alpha: predictions of a step weigh exp(alpha * cos(newest, p)); the newest is (1, 1)."""
+    ex = ChunkExecutor(timestamped_chunks(), ExecutorConfig(adaptive_alpha=2.0))
+    ex.add_chunk(np.tile([1.0, 0.0], (H, 1)), t_request=0)  # cos 1/sqrt(2) with the newest
+    ex.add_chunk(np.tile([-1.0, -1.0], (H, 1)), t_request=0)  # cos -1
+    ex.add_chunk(np.ones((H, 2)), t_request=0)  # cos 1
+    preds = np.array([[1.0, 0.0], [-1.0, -1.0], [1.0, 1.0]])
+    w = np.exp(2.0 * np.array([1 / math.sqrt(2), -1.0, 1.0]))
+    np.testing.assert_allclose(ex.planned(), np.tile(w @ preds / w.sum(), (H, 1)), rtol=1e-6)
+    ex.close()
+
+
 def test_config_is_checked():
     with pytest.raises(ValueError, match="fps"):
         ExecutorConfig(fps=0)

@@ -345,3 +345,12 @@ def test_a_bad_or_busy_port_is_one_line(checkpoint, busy):
     assert "Traceback" not in r.stderr, r.stderr[-2000:]
     words = f"cannot listen on 127.0.0.1:{port}" if busy else "port must be in 0..65535"
     assert words in r.stderr.splitlines()[0], r.stderr
+
+
+def test_served_checkpoint_advertises_ensembled_play(checkpoint):
+    """`vla serve --adaptive-ensemble-alpha A`: the metadata tells clients (ChunkExecutor, `vla eval --server`)
+    to request a chunk every step and blend them with CogACT's weights; the weights are the checkpoint's."""
+    server = PolicyServer.from_checkpoint(ServeConfig(checkpoint=str(checkpoint), adaptive_ensemble_alpha=0.1))
+    meta = server.metadata()
+    assert meta["action_horizon"] == 1 and meta["adaptive_ensemble_alpha"] == 0.1
+    assert meta["temporal_ensemble_coeff"] is None

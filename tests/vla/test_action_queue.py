@@ -65,3 +65,45 @@ def test_reset_starts_a_new_episode_and_bad_use_is_named():
     empty = ActionQueue()
     with pytest.raises(RuntimeError, match="no action planned for step 0"):
         empty.pop()
+
+
+def adaptive_reference(preds: list[np.ndarray], alpha: float) -> np.ndarray:
+    """CogACT's rule written out for one stream: weights exp(alpha * cos(newest, p_k)), normalized."""
+    newest = preds[-1]
+    cos = [float(p @ newest / (np.linalg.norm(p) * np.linalg.norm(newest))) for p in preds]
+    return np.average(preds, axis=0, weights=np.exp(alpha * np.array(cos)))
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.1, 5.0])
+def test_adaptive_ensembling_weighs_each_prediction_by_its_agreement_with_the_newest(alpha):
+    rng = np.random.default_rng(1)
+    h, steps = 4, 7
+    chunks = [rng.normal(size=(h, 3)) for _ in range(steps)]
+    played = play(ActionQueue(adaptive_alpha=alpha, replan_every=1), chunks, steps)
+    for t, action in enumerate(played):
+        preds = [chunks[t0][t - t0] for t0 in range(max(0, t - h + 1), t + 1)]  # oldest first
+        np.testing.assert_allclose(action, adaptive_reference(preds, alpha), rtol=1e-6)
+        if alpha == 0.0:  # alpha = 0 is the plain average of every live prediction
+            np.testing.assert_allclose(action, np.mean(preds, axis=0), rtol=1e-6)
+
+
+def test_adaptive_ensembling_fades_a_prediction_that_disagrees():
+    """Two chunks agree on a step, one points the other way: the outlier counts less as alpha grows."""
+    queue = ActionQueue(adaptive_alpha=3.0, replan_every=1)
+    queue.add_chunk(np.array([[0.0, 0.0], [-1.0, 0.0]]), 0)  # its step-1 prediction disagrees
+    queue.pop()
+    queue.add_chunk(np.array([[1.0, 0.1], [1.0, 0.1]]), 1)
+    plain = (np.array([-1.0, 0.0]) + np.array([1.0, 0.1])) / 2
+    blended = queue.pop()
+    assert blended[0] > plain[0] + 0.4, (blended, plain)  # pulled toward the newest chunk's (1, 0.1)
+
+
+def test_adaptive_ensembling_on_a_torch_batch_equals_each_stream_in_numpy():
+    g = torch.Generator().manual_seed(0)
+    chunks = [torch.randn(3, 5, 2, generator=g, dtype=torch.float64) for _ in range(6)]  # (B=3, H=5, D=2)
+    batched = play(ActionQueue(adaptive_alpha=0.5, replan_every=1), chunks, 6)
+    for b in range(3):
+        alone = play(ActionQueue(adaptive_alpha=0.5, replan_every=1), [c[b].numpy() for c in chunks], 6)
+        np.testing.assert_allclose(torch.stack(batched)[:, b].numpy(), np.stack(alone), rtol=1e-9)
+    with pytest.raises(ValueError, match="exclude each other"):
+        ActionQueue(ensemble_coeff=0.1, adaptive_alpha=0.1)

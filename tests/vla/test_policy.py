@@ -157,11 +157,34 @@ def test_temporal_ensembling_averages_overlapping_chunks(monkeypatch):
     assert torch.allclose(second, torch.full((1, 3), 1.5))  # equal weights: mean of 0 and 3
 
 
+def test_adaptive_ensembling_blends_by_agreement_and_is_an_inference_choice(monkeypatch):
+    """policy.adaptive_ensemble_alpha: every step a new chunk, blended by CogACT's exp(alpha * cos) weights;
+    use_ensembling switches a checkpoint trained without it (alpha 0: the plain mean)."""
+    policy = make_policy("regression")
+    assert policy.config.n_action_steps != 1
+    policy.use_ensembling(adaptive_alpha=0.0)
+    assert policy.config.n_action_steps == 1 and policy.config.adaptive_ensemble_alpha == 0.0
+    chunks = iter([torch.ones(1, 6, 3), torch.ones(1, 6, 3) * 3])
+    monkeypatch.setattr(policy, "predict_chunk", lambda observation, **kw: next(chunks))
+    policy.select_action(obs(1))
+    assert torch.allclose(policy.select_action(obs(1)), torch.full((1, 3), 2.0))  # mean of 1 and 3
+    policy.use_ensembling(adaptive_alpha=4.0)
+    opposite = iter([torch.full((1, 6, 3), -1.0), torch.ones(1, 6, 3)])
+    monkeypatch.setattr(policy, "predict_chunk", lambda observation, **kw: next(opposite))
+    policy.select_action(obs(1))
+    second = policy.select_action(obs(1))  # (-1, ..) disagrees with the newest (1, ..): weight e^-4 vs e^4
+    assert torch.all(second > 0.99), second
+
+
 def test_config_rejects_impossible_combinations():
     with pytest.raises(ValueError, match="n_action_steps"):
         PolicyConfig(chunk_size=4, n_action_steps=5)
     with pytest.raises(ValueError, match="temporal_ensemble_coeff"):
         PolicyConfig(chunk_size=4, n_action_steps=2, temporal_ensemble_coeff=0.01)
+    with pytest.raises(ValueError, match="adaptive_ensemble_alpha needs policy.n_action_steps=1"):
+        PolicyConfig(chunk_size=4, n_action_steps=2, adaptive_ensemble_alpha=0.1)
+    with pytest.raises(ValueError, match="exclude each other"):
+        PolicyConfig(chunk_size=4, n_action_steps=1, adaptive_ensemble_alpha=0.1, temporal_ensemble_coeff=0.1)
 
 
 @pytest.mark.parametrize("head", ["flow", "diffusion"])

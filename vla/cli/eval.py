@@ -14,7 +14,8 @@ Options (EvalConfig in eval/runner.py): --suite, --checkpoint | --policy oracle|
 (indices or names, comma-separated), --max-steps, --seed, --protocol lerobot|openpi (LIBERO: scene seeds
 1000+i and LeRobot's step limits, as lerobot-eval; or seed 7+i and 220 steps on libero_spatial, as openpi's
 LIBERO client; written into results.json), --video-episodes K, --device, --compile
-(regional torch.compile), --n-action-steps, --image-size, --shard K/N (= --shard-index K --num-shards N: the
+(regional torch.compile), --n-action-steps, --temporal-ensemble-coeff C | --adaptive-ensemble-alpha A (a new chunk every
+step, blended: ACT's or CogACT's ensembling, whatever the checkpoint was trained with), --image-size, --shard K/N (= --shard-index K --num-shards N: the
 K-th of N contiguous, balanced shares of the run's (task, episode) list, into DIR/shard_K; episode seeds and
 init states are the unsharded run's), --out. A checkpoint trained with policy.temporal_ensemble_coeff
 plays ACT's ensembled actions, as Policy.select_action does. --policy lerobot:DIR plays a LeRobot policy

@@ -106,6 +106,9 @@ class PolicyConfig:
     chunk_size: int = 10  # H: actions predicted per chunk
     n_action_steps: int = 5  # actions executed from each chunk before predicting again
     temporal_ensemble_coeff: float | None = None  # ACT-style: predict every step, average overlapping chunks
+    # CogACT-style instead: predict every step, weigh each earlier prediction of a step by exp(alpha * cos)
+    # with the newest one (0: plain average); CogACT used 0.1
+    adaptive_ensemble_alpha: float | None = None
     state_norm: str = "mean_std"  # mean_std | min_max | quantile
     action_norm: str | None = None  # mean_std | min_max | quantile; None: the head's own (bounded for token heads)
     # Widths the model is built for: the robot's state and actions are zero-padded to them (0: no padding).
@@ -130,8 +133,11 @@ class PolicyConfig:
         self.head.check_action_norm(self.action_norm)
         if self.n_action_steps > self.chunk_size:
             raise ValueError(f"policy.n_action_steps={self.n_action_steps} exceeds policy.chunk_size={self.chunk_size}")
-        if self.temporal_ensemble_coeff is not None and self.n_action_steps != 1:
-            raise ValueError("policy.temporal_ensemble_coeff needs policy.n_action_steps=1 (a new chunk every step)")
+        for name in ("temporal_ensemble_coeff", "adaptive_ensemble_alpha"):
+            if getattr(self, name) is not None and self.n_action_steps != 1:
+                raise ValueError(f"policy.{name} needs policy.n_action_steps=1 (a new chunk every step)")
+        if self.temporal_ensemble_coeff is not None and self.adaptive_ensemble_alpha is not None:
+            raise ValueError("policy.temporal_ensemble_coeff and policy.adaptive_ensemble_alpha exclude each other")
         for name, dim, width in (
             ("state", self.state_dim, self.max_state_dim),
             ("action", self.action_dim, self.max_action_dim),
@@ -349,7 +355,20 @@ class Policy(nn.Module):
         return ActionQueue(
             ensemble_coeff=self.config.temporal_ensemble_coeff,
             replan_every=n_action_steps or self.config.n_action_steps,
+            adaptive_alpha=self.config.adaptive_ensemble_alpha,
         )
+
+    def use_ensembling(self, temporal_coeff: float | None = None, adaptive_alpha: float | None = None) -> None:
+        """Play a new chunk every step, blended by ACT's temporal (``temporal_coeff``) or CogACT's adaptive
+        (``adaptive_alpha``) ensembling, whatever the checkpoint was trained with: ensembling is a choice of
+        inference (``vla eval`` / ``vla serve`` flags), the weights are the same."""
+        self.config = dataclasses.replace(
+            self.config,
+            n_action_steps=1,
+            temporal_ensemble_coeff=temporal_coeff,
+            adaptive_ensemble_alpha=adaptive_alpha,
+        )
+        self.reset()
 
     def reset(self) -> None:
         """Forget queued actions (call at every episode start)."""

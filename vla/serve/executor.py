@@ -14,7 +14,8 @@ for the network or the model as long as one round trip is shorter than
   first ``t_now - t_req`` actions were overtaken by time and are dropped, the rest replace
   the queued actions for the same steps (fresher observation) or, with ``ensemble_coeff``
   set, are averaged with them using ACT's temporal-ensembling weights ``exp(-coeff * i)``
-  (i = 0 for the oldest prediction of a step).
+  (i = 0 for the oldest prediction of a step), or with ``adaptive_alpha`` set, CogACT's adaptive
+  weights ``exp(alpha * cos(newest, p))``.
 - Only if the queue runs dry does ``step`` block until the chunk in flight arrives; each
   such wait is counted in ``stats.stalls``.
 
@@ -43,6 +44,7 @@ class ExecutorConfig:
     request_threshold: int = 4  # request the next chunk when this many actions (or fewer) remain queued
     actions_per_chunk: int | None = None  # use only the first K actions of each chunk (None: all H)
     ensemble_coeff: float | None = None  # ACT temporal ensembling of overlapping chunks; None: newest chunk wins
+    adaptive_alpha: float | None = None  # CogACT adaptive ensembling instead (exp(alpha * cos) weights)
     wait_timeout_s: float = 30.0  # longest ``step`` blocks on an empty queue before raising
 
     def __post_init__(self):
@@ -75,7 +77,9 @@ class ChunkExecutor:
 
     def reset(self) -> None:
         """Start a new episode: forget the queue (a request in flight is discarded when it lands)."""
-        self._actions = ActionQueue(self.config.ensemble_coeff, self.config.actions_per_chunk)
+        self._actions = ActionQueue(
+            self.config.ensemble_coeff, self.config.actions_per_chunk, adaptive_alpha=self.config.adaptive_alpha
+        )
         self._inflight: tuple[int, concurrent.futures.Future] | None = None
         self.stats = ExecutorStats()
 

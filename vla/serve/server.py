@@ -62,6 +62,10 @@ class ServeConfig:
     obs_map: str | None = None  # JSON/YAML client key -> canonical key; overrides the checkpoint's obs_map.json
     device: str = "auto"  # the GPU when there is one
     compile: bool = False  # regional torch.compile (CUDA graphs for the head on a GPU); compiled before serving
+    # Advertise ensembled play (a new chunk every step, blended by the client's ActionQueue) instead of the
+    # checkpoint's: ACT's temporal coefficient or CogACT's adaptive alpha
+    temporal_ensemble_coeff: float | None = None
+    adaptive_ensemble_alpha: float | None = None
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535:
@@ -129,6 +133,8 @@ class PolicyServer:
         from vla.models.policy import Policy
 
         policy = Policy.load(config.checkpoint, config.device)
+        if config.temporal_ensemble_coeff is not None or config.adaptive_ensemble_alpha is not None:
+            policy.use_ensembling(config.temporal_ensemble_coeff, config.adaptive_ensemble_alpha)
         if config.compile:
             from vla.models.compile import compile_for_inference
 
@@ -161,6 +167,7 @@ class PolicyServer:
             "action_horizon": int(pc.n_action_steps),  # what ActionChunkBroker should play per chunk
             # ACT temporal ensembling the checkpoint was configured with (ExecutorConfig.ensemble_coeff); None: off
             "temporal_ensemble_coeff": pc.temporal_ensemble_coeff,
+            "adaptive_ensemble_alpha": pc.adaptive_ensemble_alpha,  # CogACT adaptive ensembling (ExecutorConfig.adaptive_alpha)
             "fps": float(pc.fps),
             "head": getattr(pc.head, "type", type(pc.head).__name__),
             "expected_keys": self.expected_keys(),
