@@ -35,6 +35,7 @@ VARIANTS = {
     "vq": ("vq", {"tokenizer": VQTokenizerConfig(window=2, levels=2, codes=16, hidden=32, fit_steps=100)}),
     "diffusion": ("diffusion", {"width": 64, "num_layers": 2}),
     "flow": ("flow", {}),  # the expert's layers, heads and head_dim follow the backbone; width = half of it
+    "flow-meanflow": ("flow", {"mean_flow": True}),  # MeanFlow (DM1): average velocities, 1-step sampling
     "regression": ("regression", {"width": 64}),
     "regression-moh": ("regression", {"width": 64, "moh": MixtureOfHorizonsConfig(horizons=[2, 4])}),
 }
@@ -141,7 +142,10 @@ def test_registry_contract(name, family):
     # every step, to 0.45-0.52x over 6 seeds), continuous losses to 0.1-0.33x
     token_head = issubclass(lookup(HeadConfig, VARIANTS[name][0]), TokenHeadConfig)
     masked_diffusion = VARIANTS[name][1].get("decoding") == "diffusion"
-    limit = 0.65 if masked_diffusion else 0.3 if token_head else 0.5
+    # MeanFlow's adaptive weight makes its loss about the square root of the error: 0.51-0.52x where the error
+    # falls to ~0.27x
+    square_root_loss = VARIANTS[name][1].get("mean_flow", False)
+    limit = 0.65 if masked_diffusion or square_root_loss else 0.3 if token_head else 0.5
     assert ratio < limit, f"{name} on {family}: loss {np.mean(losses[:3]):.3f} -> {np.mean(losses[-3:]):.3f}"
 
 

@@ -20,6 +20,16 @@ times more often). Time enters in one of two ways (``time_conditioning``):
 The prefix (and its per-layer K/V) is computed once per ``sample`` call and reused at
 every integration step; all loop state lives in local variables.
 
+MeanFlow (``mean_flow``, as in DM1): the same expert learns the *average* velocity
+u(x_t, r, t) = 1/(t - r) * integral_r^t v(x_s, s) ds over an interval r <= t, so one step from
+noise, ``x_0 = x_1 - u(x_1, 0, 1)``, is a whole sample (k steps: jumps of 1/k). Training uses the
+MeanFlow identity u = v - (t - r) du/dt with du/dt = v . d_x u + d_t u: one forward-mode JVP
+(``torch.func.jvp``, tangent (v, 1) on (x_t, t)) through the head only, the prefix held constant
+and the target stop-gradient, so no double backward is needed. The interval t - r enters through
+a second sinusoidal embedding added to the time embedding (zero-initialized, so r = t starts as
+plain flow matching). An optional dispersive term (``dispersive_weight``, "Diffuse and Disperse")
+spreads the expert's output features across the batch: log mean_ij exp(-||h_i - h_j||^2 / tau).
+
 State: when the backbone hands the state to the head (``state_mode="head"``, pi0) one state
 token precedes the action tokens, as a block of its own (it does not see the actions). The
 actions attend to each other bidirectionally (pi0) or causally (``action_attention=causal``,
@@ -33,13 +43,14 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from vla import types as T
 from vla.models.compile import mark_step
 from vla.models.heads.action_expert import StateToken, action_weights, head_state_dim, masked_mean, prepend_state
 from vla.models.heads.base import Head, HeadConfig
 from vla.models.heads.experts import ExpertConfig, suffix_self_mask
-from vla.models.heads.timesteps import sample_beta_time, sinusoidal_embedding
+from vla.models.heads.timesteps import sample_beta_time, sample_mean_flow_times, sinusoidal_embedding
 from vla.shapes import check_shape
 from vla.types import Prefix
 from vla.utils import sample_rng
@@ -63,8 +74,27 @@ class FlowMatchingConfig(HeadConfig):
     num_steps: int = 10  # Euler steps at sampling
     time_alpha: float = 1.5  # training times ~ 0.001 + 0.999 Beta(time_alpha, time_beta)
     time_beta: float = 1.0
+    # MeanFlow (DM1): learn the average velocity over [r, t] so that 1 step samples (set num_steps=1)
+    mean_flow: bool = False
+    mean_flow_equal_fraction: float = 0.5  # share of samples with r = t (plain flow-matching target)
+    mean_flow_time_mu: float = -0.4  # t, r ~ sigmoid(N(mu, sigma)), sorted
+    mean_flow_time_sigma: float = 1.0
+    # MeanFlow's adaptive loss weight sg(1 / (err + c)^p) per sample (0: plain MSE; 0.5: about the error's
+    # square root), which keeps the early, large JVP targets from dominating.
+    mean_flow_adaptive_p: float = 0.5
+    # Shortest period of the time embeddings under MeanFlow (pi0's 4e-3 otherwise): the target holds du/dt,
+    # and pi0's periods put derivatives of ~1,500 into it. Measured on a bimodal toy (400 steps), mean
+    # distance of 1-step samples to the nearest mode: 0.38 at 4e-3, 0.18 at 0.5, 0.10 at 2 (Euler 1-step: 0.40)
+    mean_flow_min_period: float = 2.0
+    dispersive_weight: float = 0.0  # >0: add the dispersive (InfoNCE-L2) term on the expert's features
+    dispersive_temperature: float = 0.5
 
     def __post_init__(self):
+        if self.dispersive_weight < 0 or self.dispersive_temperature <= 0:
+            raise ValueError(
+                "flow head: dispersive_weight must be >= 0 and dispersive_temperature > 0, got "
+                f"{self.dispersive_weight} and {self.dispersive_temperature}"
+            )
         if self.time_conditioning not in ("concat", "adaptive"):
             raise ValueError(
                 f"flow head: time_conditioning must be 'concat' or 'adaptive', got {self.time_conditioning!r}"
@@ -103,17 +133,32 @@ class FlowMatchingHead(Head):
         self.time_mlp_in = nn.Linear(width if self.adaptive else 2 * width, width)
         self.time_mlp_out = nn.Linear(width, width)
         self.action_out = nn.Linear(width, action_dim)
+        # MeanFlow: the interval t - r embedded and added to the time embedding; zero at init (r = t: plain flow)
+        self.interval_in = nn.Linear(width, width) if cfg.mean_flow else None
+        if self.interval_in is not None:
+            nn.init.zeros_(self.interval_in.weight)
+            nn.init.zeros_(self.interval_in.bias)
         self.register_buffer(
             "self_mask",
             suffix_self_mask(1 if state_dim else 0, horizon, cfg.action_attention == "causal"),
             persistent=False,
         )
 
-    def velocity(self, prefix: Prefix, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Noisy chunk (B, H, D) at times t (B,) -> predicted velocity (B, H, D)."""
+    def velocity(
+        self, prefix: Prefix, x_t: torch.Tensor, t: torch.Tensor, r: torch.Tensor | None = None, features: bool = False
+    ):
+        """Noisy chunk (B, H, D) at times t (B,) -> predicted velocity (B, H, D).
+
+        With ``mean_flow``, the average velocity over [r, t] (r (B,), None: r = t, the instantaneous
+        velocity). ``features=True`` also returns the expert's output tokens (B, [1+]H, We).
+        """
         dtype = self.action_in.weight.dtype
         tokens = self.action_in(x_t.to(dtype))  # (B, H, We)
-        t_emb = sinusoidal_embedding(t, self.width).to(dtype)  # (B, We)
+        periods = {} if self.interval_in is None else {"min_period": self.cfg.mean_flow_min_period}
+        t_emb = sinusoidal_embedding(t, self.width, **periods).to(dtype)  # (B, We)
+        if self.interval_in is not None:
+            interval = torch.zeros_like(t) if r is None else t - r  # (B,)
+            t_emb = t_emb + self.interval_in(sinusoidal_embedding(interval, self.width, **periods).to(dtype))
         cond = None
         if self.adaptive:
             cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(t_emb))))  # (B, We)
@@ -122,7 +167,8 @@ class FlowMatchingHead(Head):
             tokens = self.time_mlp_out(F.silu(self.time_mlp_in(torch.cat([tokens, t_emb], dim=-1))))  # (B, H, We)
         tokens = prepend_state(self.state_token, prefix, tokens)
         out = self.expert.run_suffix(tokens, prefix, self.self_mask, cond)  # (B, [1+]H, We)
-        return self.action_out(out[:, -self.horizon :].to(self.action_out.weight.dtype)).float()  # (B, H, D)
+        velocity = self.action_out(out[:, -self.horizon :].to(self.action_out.weight.dtype)).float()  # (B, H, D)
+        return (velocity, out) if features else velocity
 
     def loss(self, prefix_fn, batch: dict) -> tuple[torch.Tensor, dict]:
         actions = batch["actions"].float()
@@ -135,6 +181,8 @@ class FlowMatchingHead(Head):
         gens = batch.get(T.GENERATORS)
         noise = batch.get("noise")
         noise = sample_rng.randn(actions.shape, gens, actions.device) if noise is None else check_noise(noise, actions)
+        if self.cfg.mean_flow:
+            return self.mean_flow_loss(prefix, actions, noise, weights, gens)
         t = batch.get("time")  # (B,)
         if t is None:
             t = sample_beta_time(b, self.cfg.time_alpha, self.cfg.time_beta, device=actions.device, generator=gens)
@@ -145,6 +193,41 @@ class FlowMatchingHead(Head):
         err = (self.velocity(prefix, x_t, t) - target) ** 2
         loss = masked_mean(err, weights)
         return loss, {"loss": loss.detach()}  # tensors: the trainer decides when to sync
+
+    def mean_flow_loss(self, prefix: Prefix, actions, noise, weights, gens) -> tuple[torch.Tensor, dict]:
+        """MeanFlow: regress u(x_t, r, t) onto sg(v - (t - r) du/dt), du/dt by one forward-mode JVP."""
+        cfg = self.cfg
+        t, r = sample_mean_flow_times(
+            actions.shape[0],
+            mu=cfg.mean_flow_time_mu,
+            sigma=cfg.mean_flow_time_sigma,
+            equal_fraction=cfg.mean_flow_equal_fraction,
+            device=actions.device,
+            generator=gens,
+        )
+        x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions  # (B, H, D)
+        v = noise - actions  # the instantaneous velocity at x_t
+
+        def average_velocity(x, time):  # the prefix and r are constants: no tangent flows into them
+            u, feats = self.velocity(prefix, x, time, r, features=True)
+            return u, feats
+
+        # Forward-mode AD has no rule for the fused/flash attention kernels: the math kernel here only.
+        with sdpa_kernel(SDPBackend.MATH):
+            u, dudt, feats = torch.func.jvp(average_velocity, (x_t, t), (v, torch.ones_like(t)), has_aux=True)
+        target = (v - (t - r)[:, None, None] * dudt).detach()
+        err = (u - target) ** 2
+        per_sample = (err * weights).flatten(1).sum(1) / weights.flatten(1).sum(1).clamp(min=1.0)  # (B,)
+        mean_flow = per_sample.mean()
+        metrics = {"mean_flow": mean_flow.detach()}
+        scale = (per_sample.detach() + 1e-3) ** cfg.mean_flow_adaptive_p  # MeanFlow's adaptive weighting
+        loss = (per_sample / scale).mean()
+        if cfg.dispersive_weight > 0:
+            dispersive = dispersive_loss(feats, cfg.dispersive_temperature)
+            loss = loss + cfg.dispersive_weight * dispersive
+            metrics["dispersive"] = dispersive.detach()
+        metrics["loss"] = loss.detach()
+        return loss, metrics
 
     @torch.no_grad()
     def sample(self, prefix_fn, batch: dict, num_steps: int | None = None) -> torch.Tensor:
@@ -161,8 +244,29 @@ class FlowMatchingHead(Head):
         for i in range(steps):
             mark_step()  # compiled with CUDA graphs: the previous step's block outputs are dead
             t = torch.full((b,), 1.0 + i * dt, device=device)
-            x = x + dt * self.velocity(prefix, x, t)
+            if self.cfg.mean_flow:  # jump over [r, t] with the average velocity
+                r = torch.full((b,), max(1.0 + (i + 1) * dt, 0.0), device=device)
+                x = x + dt * self.velocity(prefix, x, t, r)
+            else:  # Euler step with the instantaneous velocity
+                x = x + dt * self.velocity(prefix, x, t)
         return x  # t = 0: actions (B, H, D)
+
+
+def dispersive_loss(features: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log mean_ij exp(-||h_i - h_j||^2 / (tau * F)) over the batch, h_i sample i's features flattened (F values).
+
+    The InfoNCE-L2 form of "Diffuse and Disperse" (no positive pairs): lower when the samples' features
+    are spread apart. Squared distances are divided by the feature size F so that tau does not depend on
+    the expert's width; the diagonal (i = j, distance 0) stays in the mean as in the formula. A batch of
+    one has nothing to disperse: 0.
+    """
+    h = features.flatten(1).float()  # (B, F)
+    b = h.shape[0]
+    if b < 2:
+        return h.sum() * 0.0
+    norms = h.pow(2).sum(1)  # (B,); no sqrt, whose gradient at the zero diagonal would be NaN
+    sq = (norms[:, None] + norms[None, :] - 2 * h @ h.T).clamp(min=0) / h.shape[1]  # (B, B)
+    return torch.logsumexp(-sq.flatten() / temperature, dim=0) - 2 * torch.log(torch.tensor(float(b)))
 
 
 def check_noise(noise: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:

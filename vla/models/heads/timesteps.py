@@ -61,3 +61,29 @@ def sample_beta_time(
     u = sample_rng.rand((batch_size,), generator).cpu()  # (B,)
     t = torch.from_numpy(betaincinv(float(alpha), float(beta), u.double().numpy())).float()
     return (t_min + (1.0 - t_min) * t).to(device)
+
+
+def sample_mean_flow_times(
+    batch_size: int,
+    *,
+    mu: float = -0.4,
+    sigma: float = 1.0,
+    equal_fraction: float = 0.5,
+    device: torch.device | str | None = None,
+    generator: Generators = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t, r), each (B,), with 0 <= r <= t <= 1: the interval a MeanFlow head learns to jump.
+
+    Two logit-normal draws ``sigmoid(N(mu, sigma))`` sorted so that r <= t (MeanFlow's and DM1's
+    sampler; t = 1 is noise as everywhere here); a fraction ``equal_fraction`` of the samples get
+    r = t, where the MeanFlow target reduces to plain flow matching's instantaneous velocity
+    (DM1's ``flow_ratio``). Each sample draws two normals and one uniform from its own generator,
+    so its times do not depend on the batch it lands in.
+    """
+    if not 0.0 <= equal_fraction <= 1.0:
+        raise ValueError(f"sample_mean_flow_times: equal_fraction must be in [0, 1], got {equal_fraction}")
+    pair = torch.sigmoid(mu + sigma * sample_rng.randn((batch_size, 2), generator))  # (B, 2)
+    equal = sample_rng.rand((batch_size,), generator) < equal_fraction  # (B,)
+    t, r = pair.max(dim=1).values, pair.min(dim=1).values
+    r = torch.where(equal, t, r)
+    return t.to(device), r.to(device)
