@@ -109,6 +109,18 @@ def test_cli_stats_and_fit_tokenizer(metaworld_layout_dataset, copy_dataset, tmp
     assert mae < 0.1
     tok = load_tokenizer(tmp_path / "tok")
     assert tok.is_fitted and tok.normalization == "quantile"
+    # The tokenizer is fitted on the actions normalized as training normalizes them (exact statistics from the
+    # data), not by whatever meta/stats.json says: a copy whose file has LeRobot-style averaged quantiles fits
+    # the same tokenizer.
+    skewed = copy_dataset(metaworld_layout_dataset, "skewed_stats")
+    meta = json.loads((skewed / "meta" / "stats.json").read_text())
+    meta["action"]["q01"] = [q + 0.3 for q in meta["action"]["q01"]]
+    meta["action"]["q99"] = [q - 0.3 for q in meta["action"]["q99"]]
+    (skewed / "meta" / "stats.json").write_text(json.dumps(meta))
+    args = ["--chunk", "8", "--vocab-size", "256"]
+    assert main(["fit-tokenizer", str(skewed), "--out", str(tmp_path / "skewed"), *args]) == 0
+    tok_state = json.loads((tmp_path / "tok" / "action_tokenizer.json").read_text())
+    assert json.loads((tmp_path / "skewed" / "action_tokenizer.json").read_text()) == tok_state
     # A policy normalizing its actions otherwise than the tokenizer was fitted is refused, naming both.
     fast = FastHeadConfig(tokenizer_path=str(tmp_path / "tok"), vocab_size=256)
     assert PolicyConfig(head=fast).action_norm == "quantile"

@@ -178,11 +178,11 @@ def cmd_fit_tokenizer(args: argparse.Namespace) -> int:
         vq.check_horizon(args.chunk)
     root = Path(args.path)
     fm = FeatureMap.infer(open_meta(root))
-    try:
-        stats = load_stats(args.stats or root)
-        fm.stats_for(stats)
-    except (FileNotFoundError, KeyError):
-        stats = compute_stats(root, [fm.action])
+    # The statistics training uses (vla.train.data): exact ones computed from the data unless a file is given.
+    # Not meta/stats.json: LeRobot writes it with per-episode quantiles averaged over episodes (on mw10 the
+    # gripper's q01/q99 read 0.27/0.61 where the data's are -1/1), so a tokenizer fitted on them would see
+    # other numbers than the policy feeds it.
+    stats = load_stats(args.stats) if args.stats else compute_stats(root, fm.stats_keys)
     norm = Normalizer({"actions": fm.stats_for(stats)["actions"]}, {"actions": args.norm})
     chunks = action_chunks(root, args.chunk, args.max_chunks, args.seed)
     normed = norm.normalize("actions", torch.as_tensor(chunks, dtype=torch.float32)).numpy()  # (N, H, D)
@@ -312,7 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["quantile", "min_max"],
         help="action normalization (recorded in the tokenizer; training must use the same policy.action_norm)",
     )
-    f.add_argument("--stats", default=None, help="stats file (default: the dataset's meta/stats.json)")
+    f.add_argument(
+        "--stats", default=None, help="stats file, as --dataset.stats in training (default: exact, from the data)"
+    )
     f.add_argument("--max-chunks", type=int, default=5000, help="fit on at most this many chunks (random)")
     f.add_argument("--seed", type=int, default=0)
     f.set_defaults(fn=cmd_fit_tokenizer)
