@@ -38,6 +38,7 @@ VARIANTS = {
     "flow-meanflow": ("flow", {"mean_flow": True}),  # MeanFlow (DM1): average velocities, 1-step sampling
     "regression": ("regression", {"width": 64}),
     "regression-moh": ("regression", {"width": 64, "moh": MixtureOfHorizonsConfig(horizons=[2, 4])}),
+    "flow-moh": ("flow", {"moh": MixtureOfHorizonsConfig(horizons=[2, 4])}),
 }
 HEADS = sorted({head_type for head_type, _ in VARIANTS.values()})
 

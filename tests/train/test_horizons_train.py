@@ -10,7 +10,7 @@ from test_trainer import metrics, run_vla
 from tiny_policies import TINY
 
 
-@pytest.mark.parametrize("head", ["regression"])
+@pytest.mark.parametrize("head", ["regression", "flow"])
 def test_moh_head_trains_from_the_cli_and_its_checkpoint_reloads(head, metaworld_layout_dataset, tmp_path):
     out = tmp_path / "run"
     r = run_vla(

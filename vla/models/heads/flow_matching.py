@@ -30,6 +30,11 @@ a second sinusoidal embedding added to the time embedding (zero-initialized, so 
 plain flow matching). An optional dispersive term (``dispersive_weight``, "Diffuse and Disperse")
 spreads the expert's output features across the batch: log mean_ij exp(-||h_i - h_j||^2 / tau).
 
+Mixture of horizons (``moh.horizons``, see ``horizons.py``): the expert runs N truncated copies of the
+chunk in one batch over the repeated prefix K/V, with the same noise and time in every copy; a learned
+gate fuses their velocities step by step and is re-evaluated at every Euler step. Not combined with
+``mean_flow`` (its JVP target would have to run through the fused mixture).
+
 State: when the backbone hands the state to the head (``state_mode="head"``, pi0) one state
 token precedes the action tokens, as a block of its own (it does not see the actions). The
 actions attend to each other bidirectionally (pi0) or causally (``action_attention=causal``,
@@ -50,6 +55,14 @@ from vla.models.compile import mark_step
 from vla.models.heads.action_expert import StateToken, action_weights, head_state_dim, masked_mean, prepend_state
 from vla.models.heads.base import Head, HeadConfig
 from vla.models.heads.experts import ExpertConfig, suffix_self_mask
+from vla.models.heads.horizons import (
+    HorizonSample,
+    HorizonsPlanMixin,
+    MixtureOfHorizons,
+    MixtureOfHorizonsConfig,
+    disagreement,
+    repeat_prefix,
+)
 from vla.models.heads.timesteps import sample_beta_time, sample_mean_flow_times, sinusoidal_embedding
 from vla.shapes import check_shape
 from vla.types import Prefix
@@ -88,8 +101,14 @@ class FlowMatchingConfig(HeadConfig):
     mean_flow_min_period: float = 2.0
     dispersive_weight: float = 0.0  # >0: add the dispersive (InfoNCE-L2) term on the expert's features
     dispersive_temperature: float = 0.5
+    moh: MixtureOfHorizonsConfig = field(default_factory=MixtureOfHorizonsConfig)  # mixture of horizons (off)
 
     def __post_init__(self):
+        if self.mean_flow and self.moh.enabled:
+            raise ValueError(
+                "flow head: mean_flow and moh.horizons do not combine (MeanFlow's JVP target would have to run "
+                "through the fused mixture of horizons); choose one"
+            )
         if self.dispersive_weight < 0 or self.dispersive_temperature <= 0:
             raise ValueError(
                 "flow head: dispersive_weight must be >= 0 and dispersive_temperature > 0, got "
@@ -108,12 +127,13 @@ class FlowMatchingConfig(HeadConfig):
         return FlowMatchingHead(self, backbone, horizon, action_dim)
 
 
-class FlowMatchingHead(Head):
+class FlowMatchingHead(HorizonsPlanMixin, Head):
     needs_kv = True
 
     def __init__(self, cfg: FlowMatchingConfig, backbone, horizon: int, action_dim: int):
         super().__init__()
         self.cfg, self.horizon, self.action_dim = cfg, horizon, action_dim
+        cfg.moh.check("flow", horizon)
         width = cfg.expert_width or max(backbone.width // 2, 8)
         if width % 2:
             raise ValueError(f"flow head: expert_width must be even (sinusoidal time features), got {width}")
@@ -143,14 +163,22 @@ class FlowMatchingHead(Head):
             suffix_self_mask(1 if state_dim else 0, horizon, cfg.action_attention == "causal"),
             persistent=False,
         )
+        self.moh = MixtureOfHorizons(cfg.moh, width, horizon) if cfg.moh.enabled else None
 
     def velocity(
-        self, prefix: Prefix, x_t: torch.Tensor, t: torch.Tensor, r: torch.Tensor | None = None, features: bool = False
+        self,
+        prefix: Prefix,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        r: torch.Tensor | None = None,
+        features: bool = False,
+        self_mask: torch.Tensor | None = None,
     ):
         """Noisy chunk (B, H, D) at times t (B,) -> predicted velocity (B, H, D).
 
         With ``mean_flow``, the average velocity over [r, t] (r (B,), None: r = t, the instantaneous
         velocity). ``features=True`` also returns the expert's output tokens (B, [1+]H, We).
+        ``self_mask``: who sees whom in the suffix, (A, A) or per sample (B, A, A); None: the head's own.
         """
         dtype = self.action_in.weight.dtype
         tokens = self.action_in(x_t.to(dtype))  # (B, H, We)
@@ -166,9 +194,24 @@ class FlowMatchingHead(Head):
             t_emb = t_emb[:, None, :].expand_as(tokens)  # (B, H, We)
             tokens = self.time_mlp_out(F.silu(self.time_mlp_in(torch.cat([tokens, t_emb], dim=-1))))  # (B, H, We)
         tokens = prepend_state(self.state_token, prefix, tokens)
-        out = self.expert.run_suffix(tokens, prefix, self.self_mask, cond)  # (B, [1+]H, We)
+        self_mask = self.self_mask if self_mask is None else self_mask
+        out = self.expert.run_suffix(tokens, prefix, self_mask, cond)  # (B, [1+]H, We)
         velocity = self.action_out(out[:, -self.horizon :].to(self.action_out.weight.dtype)).float()  # (B, H, D)
         return (velocity, out) if features else velocity
+
+    def mixed_velocity(
+        self, prefix: Prefix, x_t: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The horizon mixture at (x_t (B, H, D), t (B,)) -> fused velocity (B, H, D), per-horizon velocities
+        (B, N, H, D), gates (B, H, N). ``prefix`` is already repeated N times (``repeat_prefix``, once per
+        chunk). Every copy gets the same x_t and t; copy h's steps past h keep their values, hidden from
+        attention by the self mask (not zeroed), so what they hold cannot matter."""
+        n, b = self.moh.n, x_t.shape[0]
+        mask = self.moh.self_mask(self.self_mask, 1 if self.state_token is not None else 0, b)  # (B*N, A, A)
+        v, out = self.velocity(
+            prefix, x_t.repeat_interleave(n, 0), t.repeat_interleave(n, 0), features=True, self_mask=mask
+        )  # (B*N, H, D), (B*N, [1+]H, We)
+        return self.moh.mix(out[:, -self.horizon :], v)
 
     def loss(self, prefix_fn, batch: dict) -> tuple[torch.Tensor, dict]:
         actions = batch["actions"].float()
@@ -190,6 +233,10 @@ class FlowMatchingHead(Head):
         check_shape("time", t, "B", B=b)
         x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions  # (B, H, D)
         target = noise - actions  # velocity dx_t/dt
+        if self.moh is not None:
+            v, per, alpha = self.mixed_velocity(repeat_prefix(prefix, self.moh.n), x_t, t)
+            loss, metrics = self.moh.loss((v - target) ** 2, (per - target[:, None]) ** 2, weights, alpha)
+            return loss, {"loss": loss.detach(), **metrics}
         err = (self.velocity(prefix, x_t, t) - target) ** 2
         loss = masked_mean(err, weights)
         return loss, {"loss": loss.detach()}  # tensors: the trainer decides when to sync
@@ -229,17 +276,24 @@ class FlowMatchingHead(Head):
         metrics["loss"] = loss.detach()
         return loss, metrics
 
-    @torch.no_grad()
-    def sample(self, prefix_fn, batch: dict, num_steps: int | None = None) -> torch.Tensor:
+    def _start(self, prefix_fn, batch: dict, num_steps: int | None) -> tuple[int, Prefix, torch.Tensor]:
+        """Sampling's start: the step count, the prefix (once; reused by every Euler step), x (B, H, D) at t = 1."""
         steps = num_steps or self.cfg.num_steps
         if steps < 1:
             raise ValueError(f"flow head: num_steps must be >= 1, got {steps}")
-        prefix = prefix_fn(with_kv=True)  # once; reused by every Euler step
+        prefix = prefix_fn(with_kv=True)
         b, device = prefix.hidden.shape[0], prefix.hidden.device
         x = batch.get("noise")  # (B, H, D) given per sample by the caller, or drawn here
         if x is None:
             x = torch.randn(b, self.horizon, self.action_dim, device=device)  # t = 1: noise
-        x = x.to(device, torch.float32)
+        return steps, prefix, x.to(device, torch.float32)
+
+    @torch.no_grad()
+    def sample(self, prefix_fn, batch: dict, num_steps: int | None = None) -> torch.Tensor:
+        if self.moh is not None:
+            return self.sample_details(prefix_fn, batch, num_steps).chunk
+        steps, prefix, x = self._start(prefix_fn, batch, num_steps)
+        b, device = x.shape[0], x.device
         dt = -1.0 / steps
         for i in range(steps):
             mark_step()  # compiled with CUDA graphs: the previous step's block outputs are dead
@@ -250,6 +304,27 @@ class FlowMatchingHead(Head):
             else:  # Euler step with the instantaneous velocity
                 x = x + dt * self.velocity(prefix, x, t)
         return x  # t = 0: actions (B, H, D)
+
+    @torch.no_grad()
+    def sample_details(self, prefix_fn, batch: dict, num_steps: int | None = None) -> HorizonSample:
+        """Euler integration of the fused velocity, the gate re-evaluated at every step. The disagreement is
+        summed over the steps in update space (dt * v, as the reference code does); each horizon's chunk is
+        the last step taken with its own velocity, so the gate-weighted sum of them is the fused chunk."""
+        if self.moh is None:
+            raise ValueError("flow head: sample_details needs policy.head.moh.horizons")
+        steps, prefix, x = self._start(prefix_fn, batch, num_steps)
+        prefix = repeat_prefix(prefix, self.moh.n)  # once: every step reuses the repeated K/V
+        b, device = x.shape[0], x.device
+        dt = -1.0 / steps
+        dis = torch.zeros(b, self.horizon, device=device)
+        for i in range(steps):
+            mark_step()  # compiled with CUDA graphs: the previous step's block outputs are dead
+            t = torch.full((b,), 1.0 + i * dt, device=device)
+            v, per, alpha = self.mixed_velocity(prefix, x, t)  # (B, H, D), (B, N, H, D), (B, H, N)
+            dis = dis + disagreement(dt * v, dt * per, alpha, batch.get("action_dim_mask"))
+            last, x = x, x + dt * v
+        chunks = (last[:, None] + dt * per) * self.moh.valid[None, :, :, None].to(x.dtype)  # (B, N, H, D)
+        return HorizonSample(x, chunks, alpha, dis, self.moh.execute(dis))
 
 
 def dispersive_loss(features: torch.Tensor, temperature: float) -> torch.Tensor:
