@@ -160,3 +160,31 @@ def test_slurm_script_submits_the_shards_then_the_merge(tmp_path):
     for bad in (args[:-2], [*args, "--shard", "0/3"]):  # no --out; a shard chosen by hand
         r = subprocess.run(["bash", str(script), "3", *bad], cwd=tmp_path, env=env, capture_output=True, text=True)
         assert r.returncode == 2
+
+
+@pytest.mark.sim
+def test_devices_run_one_shard_each_and_merge_into_the_unsharded_result(tmp_path):
+    """`vla eval --devices cpu,cpu` (what --gpus 0,1 does on GPUs): two shard processes, merged into --out,
+    equal to the unsharded run; the same command again finds every episode done."""
+    args = ["--suite", "mw-easy", "--tasks", "0,1", "--episodes-per-task", "2", "--max-steps", "8"]
+    _eval(tmp_path / "whole", *args)
+    _eval(tmp_path / "parallel", *args, "--devices", "cpu,cpu")
+    assert sorted(p.name for p in (tmp_path / "parallel" / "logs").iterdir()) == ["shard_0.log", "shard_1.log"]
+    assert _results(tmp_path / "parallel") == _results(tmp_path / "whole")
+    assert _episodes(tmp_path / "parallel") == _episodes(tmp_path / "whole")
+    _eval(tmp_path / "parallel", *args, "--devices=cpu,cpu")
+    assert _results(tmp_path / "parallel") == _results(tmp_path / "whole")
+
+
+def test_device_flags_are_checked():
+    from eval.parallel import run_on_devices, split_device_flag
+
+    assert split_device_flag(["--suite", "mw10", "--gpus", "0,1"]) == (["--suite", "mw10"], ["cuda:0", "cuda:1"])
+    assert split_device_flag(["--devices=cpu,cuda:1"]) == ([], ["cpu", "cuda:1"])
+    assert split_device_flag(["--suite", "mw10"]) == (["--suite", "mw10"], None)
+    with pytest.raises(ValueError, match="expected GPU indices"):
+        split_device_flag(["--gpus", "cuda:0"])
+    with pytest.raises(ValueError, match="drop --shard"):
+        run_on_devices(["--shard=0/2"], ["cpu"], None)
+    with pytest.raises(ValueError, match=r"CUDA device\(s\)"):
+        run_on_devices(["--out", "/nonexistent/x"], ["cuda:7"], None)

@@ -7,6 +7,7 @@
     vla eval --policy lerobot:RUN/checkpoints/last/pretrained_model --suite mw-easy --num-envs 2 --out DIR
     vla eval --checkpoint CKPT --dataset DIR --frames 64 --out OUT   # open loop, for robots with no simulator
     vla eval --policy random --suite mw10 --episodes-per-task 50 --shard 0/4 --out DIR   # one of 4 shards
+    vla eval --checkpoint CKPT --suite libero_spatial --episodes-per-task 50 --num-envs 4 --gpus 0,1,2,3 --out DIR
     vla eval merge DIR [--out OUT]   # DIR/shard_* (or shard folders, any number) -> one report
 
 Options (EvalConfig in eval/runner.py): --suite, --checkpoint | --policy oracle|random|lerobot:DIR | --server URL,
@@ -26,6 +27,10 @@ Writes DIR/results.json, results.md, success.png, episodes.jsonl (rerun the same
 protocol.json and DIR/videos/*_{success,failure}.mp4. With --dataset (open loop, eval/offline.py):
 results.json and results.md with the chunk MAE in robot and normalized units beside the dataset-mean
 predictor's on the same frames.
+
+--gpus 0,1,... (or --devices cuda:0,cpu,...) runs one shard per device on this machine, each its own process with
+its policy replica and its environment workers rendering on that GPU, shows one progress bar, and merges the
+shards into --out (logs in OUT/logs/shard_K.log); the result equals the unsharded run's, and rerunning resumes.
 
 `vla eval merge DIR... [--out OUT]` joins shards: each DIR is a shard's folder (DIR/shard_K) or the --out of
 the shard runs (all its shard_* folders). It reads their episodes.jsonl and protocol.json, refuses shards of
@@ -95,11 +100,20 @@ def main(argv: list[str]) -> int:
             return merge(argv[1:])
         return 1
     with friendly_errors("eval") as failures:
-        from eval.runner import EvalConfig, evaluate
+        from eval.parallel import run_on_devices, split_device_flag
+        from eval.runner import EvalConfig, evaluate, get_suite, select_tasks
         from vla.config import parse_config
 
+        argv, devices = split_device_flag(argv)
         cfg = parse_config(EvalConfig, hyphens_to_underscores(shard_to_index_and_count(argv)))
         failures.run_dir = cfg.out
+        if devices:  # one shard per device, merged: equals the unsharded run
+            cfg.validate()
+            total = len(select_tasks(get_suite(cfg.suite), cfg.tasks)) * cfg.episodes_per_task
+            res = run_on_devices(argv, devices, total, cfg.progress)
+            summary = {name: round(t["success_rate"], 4) for name, t in res["tasks"].items()}
+            print(json.dumps({"average_success": res["average_success"], "tasks": summary, "out": cfg.out}, indent=2))
+            return 0
         if cfg.dataset:
             from eval.offline import evaluate_offline
             from vla.models.policy import Policy
