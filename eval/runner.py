@@ -20,6 +20,11 @@ Design, and why:
   policy (``Policy.action_queue``, what ``select_action`` plays from): a new chunk every
   ``n_action_steps``, merged with the earlier ones by ACT temporal ensembling when the
   checkpoint sets ``temporal_ensemble_coeff``. A new queue starts with every episode.
+* **Latency** (``--latency-steps d``, eval/latency.py): a chunk requested at step t becomes available at t + d;
+  meanwhile the env keeps playing the previous chunk, as a real robot does while the model runs. With ``--rtc``
+  each request carries the previous chunk's unexecuted remainder and d (real-time chunking,
+  vla/models/heads/rtc.py). results.json reports the mean absolute action change at chunk seams and within
+  chunks (``smoothness``).
 * **Render only what is used**: once per ``n_action_steps`` (the policy's new
   observation), plus every step of the episodes recorded on video. Only the policy's
   cameras are rendered.
@@ -56,6 +61,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from eval import report
+from eval.latency import DelayedPlay, smoothness_summary
 from eval.lerobot_policy import LEROBOT_PREFIX, evaluate_lerobot, is_lerobot_policy
 from eval.reference_policies import REFERENCE_POLICIES, ReferencePolicy
 from eval.suites import Suite, SuiteConfig, get_suite
@@ -75,8 +81,11 @@ class ChunkSource(Protocol):
     # and the queue plays all K before asking again; False: the queue's replan_every decides.
     executes_prefix: bool
 
-    def __call__(self, items: list[NeedsChunk]) -> list[np.ndarray]:
-        """One (H, D) action chunk per waiting env's observation (its executed prefix with ``executes_prefix``)."""
+    def __call__(self, items: list[NeedsChunk], **rtc) -> list[np.ndarray]:
+        """One (H, D) action chunk per waiting env's observation (its executed prefix with ``executes_prefix``).
+
+        ``rtc`` (real-time chunking, only when asked): ``prev_chunk``, one remainder (K, D) or None per item, and
+        ``inference_delay`` (int)."""
 
     def action_queue(self) -> ActionQueue:
         """A fresh queue for one episode: how the policy plays its chunks."""
@@ -112,6 +121,14 @@ class EvalConfig:
     progress: bool = True
     dataset: str | None = None  # open loop instead of a suite: chunk errors on this LeRobot dataset (eval/offline.py)
     frames: int = 64  # --dataset: frames evaluated, evenly spaced
+    # Inference latency: a chunk requested at step t is available at t + latency_steps; the previous one plays
+    # meanwhile (eval/latency.py)
+    latency_steps: int = 0
+    # Real-time chunking: send each request the previous chunk's remainder and the delay (flow/diffusion heads):
+    # guided | inpaint (heads trained with rtc_training_max_delay) | auto; None: off. A server uses its own mode.
+    rtc: str | None = None
+    rtc_schedule: str | None = None  # --checkpoint: the soft mask (exp | linear | ones | zeros); None: the policy's
+    rtc_beta: float | None = None  # --checkpoint: the guidance weight's clip; None: the policy's
 
     def validate(self) -> None:
         """Called by the entry points (not __post_init__: draccus builds a default instance first)."""
@@ -136,6 +153,12 @@ class EvalConfig:
             raise ValueError(f"{flags}: evaluation-time ensembling is for --checkpoint (a server advertises its own)")
         if len(ensembles) > 1:
             raise ValueError("--temporal-ensemble-coeff and --adaptive-ensemble-alpha exclude each other")
+        if self.latency_steps < 0:
+            raise ValueError(f"--latency-steps must be >= 0; got {self.latency_steps}")
+        if (self.latency_steps or self.rtc) and not (self.checkpoint or self.server):
+            raise ValueError("--latency-steps and --rtc are for a model policy (--checkpoint or --server)")
+        if (self.rtc_schedule is not None or self.rtc_beta is not None) and not (self.rtc and self.checkpoint):
+            raise ValueError("--rtc-schedule and --rtc-beta set a checkpoint's real-time chunking: add --rtc")
         if ensembles and self.n_action_steps not in (None, 1):
             raise ValueError(f"--{ensembles[0].replace('_', '-')} plays a new chunk every step: drop --n-action-steps")
 
@@ -221,7 +244,7 @@ class ModelChunker:
         self.cameras = list(cfg.cameras)
         self.state_key = "env_state" if cfg.privileged_state else "state"
 
-    def __call__(self, items: list[NeedsChunk]) -> list[np.ndarray]:
+    def __call__(self, items: list[NeedsChunk], **rtc) -> list[np.ndarray]:
         import torch
         from einops import rearrange
 
@@ -238,7 +261,7 @@ class ModelChunker:
         seeds = [it.seed for it in items]
         obs = {"images": images, "state": state, "instruction": [it.obs["instruction"] for it in items]}
         if not self.executes_prefix:
-            chunk = self.policy.predict_chunk(obs, seed=seeds)  # (B, H, D) raw units
+            chunk = self.policy.predict_chunk(obs, seed=seeds, **rtc)  # (B, H, D) raw units
             return list(chunk.float().cpu().numpy())  # sync point: once per batch
         chunk, execute = self.policy.predict_plan(obs, seed=seeds)  # (B, H, D), (B,) actions each env executes
         chunks = list(chunk.float().cpu().numpy())  # sync point: once per batch
@@ -270,23 +293,30 @@ class ServerChunker:
         self.n = int(self.n)
         self.ensemble_coeff = meta.get("temporal_ensemble_coeff")
         self.adaptive_alpha = meta.get("adaptive_ensemble_alpha")
+        self.chunk_size = int(meta.get("chunk_size") or 0) or None
+        self.rtc = meta.get("rtc")  # how the server samples with a previous chunk's remainder; None: it cannot
 
     def action_queue(self) -> ActionQueue:
         """A fresh queue for one episode, as the served checkpoint says to play its chunks."""
         return ActionQueue(ensemble_coeff=self.ensemble_coeff, replan_every=self.n, adaptive_alpha=self.adaptive_alpha)
 
-    def _one(self, client, it: NeedsChunk) -> np.ndarray:
+    def _one(self, client, it: NeedsChunk, prev: np.ndarray | None, delay: int) -> np.ndarray:
+        from vla.serve import protocol
+
         obs = {f"observation.images.{c}": img for c, img in it.obs["images"].items()}
         obs["observation.state"] = np.asarray(it.obs["state"], dtype=np.float32)
         obs["prompt"] = it.obs["instruction"]
         obs["seed"] = it.seed
+        if prev is not None:  # real-time chunking: the previous chunk's remainder and the delay
+            obs[protocol.PREV_CHUNK], obs[protocol.INFERENCE_DELAY] = prev, min(delay, len(prev))
         return np.asarray(client.infer(obs)["actions"])  # (H, D)
 
-    def __call__(self, items: list[NeedsChunk]) -> list[np.ndarray]:
+    def __call__(self, items: list[NeedsChunk], prev_chunk=None, inference_delay: int = 0) -> list[np.ndarray]:
         from concurrent.futures import ThreadPoolExecutor
 
+        prev = prev_chunk if prev_chunk is not None else [None] * len(items)
         with ThreadPoolExecutor(len(items)) as pool:
-            return list(pool.map(self._one, self.clients, items))
+            return list(pool.map(self._one, self.clients, items, prev, [inference_delay] * len(items)))
 
     def close(self) -> None:
         for c in self.clients:
@@ -397,13 +427,16 @@ def run_evaluation(
         video_dir = str(out / report.VIDEO_DIR) if cfg.video_episodes else None
         envs = make_vector_env(suite, min(cfg.num_envs, len(todo)), reference, video_dir, cfg.video_fps)
         try:
-            _rollout(envs, todo, chunker, episode_log, suite, bar)
+            _rollout(envs, todo, chunker, episode_log, suite, bar, cfg.latency_steps, bool(cfg.rtc))
         finally:
             envs.close()
     bar.close()
     records = [episode_log.records[key] for key in mine if key in episode_log.records]
     results = report.summarize(records, [t.name for t in suite.tasks])
     results["protocol"] = protocol
+    smoothness = smoothness_summary(records)
+    if smoothness is not None:
+        results["smoothness"] = smoothness
     results["videos"] = sorted(r["video"] for r in records if r.get("video"))
     results["episodes"] = records  # per episode: a shard's share for merge_shards, paired comparisons
     report.write_results(out, results)
@@ -474,6 +507,9 @@ def combine_shards(shards: list[dict], shard_dirs: list[Path], out_dir: str | Pa
         raise ValueError(f"episodes outside the protocol: {_episode_names(extra, names)}")
     results = report.summarize(records, names)
     results["protocol"] = protocol
+    smoothness = smoothness_summary(records)
+    if smoothness is not None:
+        results["smoothness"] = smoothness
     results["videos"] = [  # relative to out_dir: each share keeps its videos
         Path(os.path.relpath(Path(shard_dirs[j]) / report.VIDEO_DIR / v, out_dir)).as_posix()
         for j in order
@@ -560,20 +596,24 @@ def merge_dirs(dirs: list[str | Path], out_dir: str | Path | None = None) -> dic
     return results
 
 
-def _rollout(envs, todo: deque, chunker: ChunkSource | None, episode_log, suite: Suite, bar) -> None:
+def _rollout(
+    envs, todo: deque, chunker: ChunkSource | None, episode_log, suite: Suite, bar, latency: int = 0, rtc: bool = False
+) -> None:
     """Lock-step rounds: start idle envs, collect one reply from each, one batched policy call.
 
-    Each env plays from its own action queue (new with each episode): the chunk predicted from its
-    observation is merged in, and the actions up to the next observation are sent in one message."""
+    Each env plays from its own action queue (new with each episode) through a ``DelayedPlay``: the chunk
+    predicted from its observation is merged in ``latency`` steps later, and the actions up to the next
+    observation are sent in one message. ``rtc``: each request carries the env's planned remainder and the
+    latency."""
     active: dict[int, EpisodeSpec] = {}
-    queues: dict[int, ActionQueue] = {}
+    queues: dict[int, DelayedPlay] = {}
     n_ok = sum(bool(r["success"]) for r in episode_log.records.values())
     while todo or active:
         for i in range(envs.num_envs):
             if i not in active and todo:
                 active[i] = todo.popleft()
                 if chunker is not None:
-                    queues[i] = chunker.action_queue()
+                    queues[i] = DelayedPlay(chunker.action_queue(), latency)
                 envs.send(i, "start", active[i])
         waiting: list[tuple[int, NeedsChunk]] = []
         for i in sorted(active):
@@ -581,6 +621,8 @@ def _rollout(envs, todo: deque, chunker: ChunkSource | None, episode_log, suite:
             if isinstance(reply, EpisodeResult):
                 del active[i]
                 rec = dataclasses.asdict(reply) | {"task": suite.tasks[reply.task_index].name}
+                if i in queues:
+                    rec["smoothness"] = queues[i].smoothness()
                 episode_log.append(rec)
                 n_ok += reply.success
                 bar.update(1)
@@ -590,16 +632,15 @@ def _rollout(envs, todo: deque, chunker: ChunkSource | None, episode_log, suite:
         if waiting:
             if chunker is None:
                 raise RuntimeError("an env asked for actions but this evaluation has no model policy")
-            chunks = chunker([r for _, r in waiting])
+            items = [r for _, r in waiting]
+            if rtc:
+                prev = [queues[i].remainder() for i, _ in waiting]
+                chunks = chunker(items, prev_chunk=prev, inference_delay=latency)
+            else:
+                chunks = chunker(items)
             for (i, need), chunk in zip(waiting, chunks, strict=True):
-                queue = queues[i]
-                queue.add_chunk(
-                    np.asarray(chunk, dtype=np.float32), need.step, len(chunk) if chunker.executes_prefix else None
-                )
-                actions = [queue.pop()]
-                while not queue.needs_chunk:
-                    actions.append(queue.pop())
-                envs.send(i, "act", np.stack(actions))
+                chunk = np.asarray(chunk, dtype=np.float32)
+                envs.send(i, "act", queues[i].play(chunk, need.step, len(chunk) if chunker.executes_prefix else None))
 
 
 # ---- entry points -----------------------------------------------------------------------------
@@ -629,6 +670,22 @@ def render_as_trained(
     return cfg, (cameras if "cameras" in suite_fields else None)
 
 
+def check_latency(cfg: EvalConfig, n_action_steps: int, chunk_size: int | None) -> None:
+    """A chunk must still hold actions when the next one lands: n_action_steps + latency_steps <= chunk_size.
+    With --rtc the previous chunk's remainder must cover the delay: latency_steps <= n_action_steps (d <= s)."""
+    d = cfg.latency_steps
+    if chunk_size is not None and n_action_steps + d > chunk_size:
+        raise ValueError(
+            f"--latency-steps {d} with n_action_steps={n_action_steps}: a chunk of {chunk_size} actions runs out "
+            f"before the next one lands; lower one of them (n_action_steps + latency_steps <= {chunk_size})"
+        )
+    if cfg.rtc and d > n_action_steps:
+        raise ValueError(
+            f"--rtc with --latency-steps {d} > n_action_steps={n_action_steps}: the paper's d <= s (a request is "
+            "sent every n_action_steps and answered before the next)"
+        )
+
+
 def _evaluate_model(cfg: EvalConfig, policy, digest: str) -> dict:
     pc = policy.config
     n = cfg.n_action_steps or pc.n_action_steps
@@ -646,8 +703,18 @@ def _evaluate_model(cfg: EvalConfig, policy, digest: str) -> dict:
     for key in ("temporal_ensemble_coeff", "adaptive_ensemble_alpha"):  # recorded only when set: earlier
         if getattr(pc, key) is not None:  # protocols stay resumable
             info[key] = getattr(pc, key)
+    if cfg.latency_steps:  # likewise
+        info["latency_steps"] = cfg.latency_steps
     if policy.head.chooses_execute:  # MoH consensus: chunks play their agreed prefix, not n_action_steps
         info["executes_consensus_prefix"] = True
+    check_latency(cfg, n, pc.chunk_size)
+    if cfg.rtc:
+        if not policy.head.supports_rtc:
+            raise ValueError(f"--rtc: real-time chunking needs a flow or diffusion head, not {pc.head.type!r}")
+        changes = {"mode": cfg.rtc, "schedule": cfg.rtc_schedule, "max_guidance_weight": cfg.rtc_beta}
+        rtc = dataclasses.replace(pc.rtc, **{k: v for k, v in changes.items() if v is not None})
+        policy.config = pc = dataclasses.replace(pc, rtc=rtc)
+        info["rtc"] = dataclasses.asdict(rtc) | {"trained": policy.head.rtc_trained}
     if pc.auxiliary.enabled:  # what training used beside the inputs (never read here); only when set, as above
         info["training_auxiliary_target"] = pc.auxiliary.key
     cfg, cams = render_as_trained(cfg, list(pc.cameras), pc.image_size)
@@ -671,6 +738,13 @@ def evaluate(cfg: EvalConfig) -> dict:
             info["temporal_ensemble_coeff"] = chunker.ensemble_coeff
         if chunker.adaptive_alpha is not None:
             info["adaptive_ensemble_alpha"] = chunker.adaptive_alpha
+        check_latency(cfg, chunker.n, chunker.chunk_size)
+        if cfg.latency_steps:
+            info["latency_steps"] = cfg.latency_steps
+        if cfg.rtc:
+            if not chunker.rtc:
+                raise ValueError(f"--rtc: the server at {cfg.server} does not take real-time chunking inputs")
+            info["rtc"] = chunker.rtc
         try:
             return run_evaluation(cfg, chunker, None, info)
         finally:

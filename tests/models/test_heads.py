@@ -36,6 +36,7 @@ VARIANTS = {
     "diffusion": ("diffusion", {"width": 64, "num_layers": 2}),
     "flow": ("flow", {}),  # the expert's layers, heads and head_dim follow the backbone; width = half of it
     "flow-meanflow": ("flow", {"mean_flow": True}),  # MeanFlow (DM1): average velocities, 1-step sampling
+    "flow-rtc-trained": ("flow", {"rtc_training_max_delay": 2}),  # training-time RTC: clean prefixes, no loss there
     "regression": ("regression", {"width": 64}),
     "regression-moh": ("regression", {"width": 64, "moh": MixtureOfHorizonsConfig(horizons=[2, 4])}),
     "flow-moh": ("flow", {"moh": MixtureOfHorizonsConfig(horizons=[2, 4])}),

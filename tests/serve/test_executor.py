@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from vla.serve import ChunkExecutor, ExecutorConfig, PolicyClient
+from vla.serve import ChunkExecutor, ExecutorConfig, PolicyClient, protocol
 
 H = 8
 
@@ -99,3 +99,31 @@ def test_executor_over_the_served_policy(server, make_obs):
         actions = [ex.step(obs) for _ in range(12)]
     assert all(a.shape == (7,) and np.isfinite(a).all() for a in actions)
     assert ex.stats.chunks >= 2 and ex.stats.steps == 12
+
+
+def test_rtc_requests_carry_the_aligned_remainder_and_the_measured_delay():
+    """ExecutorConfig.rtc: each request after the first sends the previous chunk's remainder, aligned with the chunk
+    requested (its row 0 is the action just played, for the request's own step), and the last measured delay."""
+    sent = []
+
+    def infer(obs):
+        sent.append(obs)
+        return {"actions": (obs["t"] + np.arange(H, dtype=np.float32))[:, None]}
+
+    ex = ChunkExecutor(infer, ExecutorConfig(request_threshold=4, rtc=True))
+    for t in range(10):
+        assert ex.step({"t": t})[0] == t
+        ex._collect(block=True)  # the chunk lands within the step: a delay of 1 (its action 0 was played)
+    ex.close()
+    assert protocol.PREV_CHUNK not in sent[0] and protocol.INFERENCE_DELAY not in sent[0]  # nothing played yet
+    for obs in sent[1:]:
+        prev = obs[protocol.PREV_CHUNK]
+        assert prev.shape == (5, 1) and obs[protocol.INFERENCE_DELAY] == 1
+        np.testing.assert_array_equal(prev[:, 0], obs["t"] + np.arange(5))  # row k: the action for step t + k
+    plain = ChunkExecutor(infer, ExecutorConfig(request_threshold=4))
+    sent.clear()
+    for t in range(6):
+        plain.step({"t": t})
+        plain._collect(block=True)
+    plain.close()
+    assert all(protocol.PREV_CHUNK not in obs for obs in sent)

@@ -354,3 +354,43 @@ def test_served_checkpoint_advertises_ensembled_play(checkpoint):
     meta = server.metadata()
     assert meta["action_horizon"] == 1 and meta["adaptive_ensemble_alpha"] == 0.1
     assert meta["temporal_ensemble_coeff"] is None
+
+
+def test_rtc_keys_guide_the_reply_and_malformed_ones_are_refused(client, policy, make_obs):
+    """prev_chunk_left_over / inference_delay (real-time chunking): a seeded request equals in-process
+    predict_chunk with the same remainder and delay, and differs from the plain reply; malformed keys get a clear
+    error and the connection keeps serving; the metadata says how to send them."""
+    import torch
+
+    meta = client.get_server_metadata()
+    assert meta["rtc"] == {"keys": [protocol.PREV_CHUNK, protocol.INFERENCE_DELAY], "mode": "guided"}
+    obs = make_obs(5)
+    plain = client.infer({**obs, "seed": 3})["actions"]
+    prev = (plain[2:] + 0.05).astype(np.float32)  # a remainder of 6 actions in raw units
+    reply = client.infer({**obs, "seed": 3, protocol.PREV_CHUNK: prev, protocol.INFERENCE_DELAY: 2})["actions"]
+    assert reply.shape == (8, 7) and not np.allclose(reply, plain)
+    images = torch.stack(
+        [torch.from_numpy(obs[f"observation.images.{c}"]).permute(2, 0, 1) for c in policy.config.cameras]
+    )
+    batch = {
+        "images": images[None],
+        "state": torch.from_numpy(obs["observation.state"])[None],
+        "instruction": [obs["prompt"]],
+    }
+    expected = policy.predict_chunk(batch, seed=3, prev_chunk=[prev], inference_delay=[2])[0].numpy()
+    np.testing.assert_allclose(reply, expected, rtol=1e-5, atol=1e-5)
+    bad = [
+        (
+            {protocol.PREV_CHUNK: np.zeros((9, 7), np.float32)},
+            r"prev_chunk_left_over: expected \(K <= 8, D=7\), got \(9, 7\)",
+        ),
+        ({protocol.PREV_CHUNK: np.zeros((4, 6), np.float32)}, r"expected \(K <= 8, D=7\), got \(4, 6\)"),
+        ({protocol.PREV_CHUNK: np.full((4, 7), np.nan, np.float32)}, "NaN or inf"),
+        ({protocol.PREV_CHUNK: prev, protocol.INFERENCE_DELAY: 7}, r"inference_delay: expected 0..6"),
+        ({protocol.PREV_CHUNK: prev, protocol.INFERENCE_DELAY: 1.5}, "inference_delay: expected an integer"),
+        ({protocol.INFERENCE_DELAY: 2}, "inference_delay needs prev_chunk_left_over"),
+    ]
+    for extra, words in bad:
+        with pytest.raises(ServerError, match=words):
+            client.infer({**obs, **extra})
+    assert client.infer(obs)["actions"].shape == (8, 7)

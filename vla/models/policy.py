@@ -35,6 +35,7 @@ from vla.models.auxiliary import AuxiliaryConfig, RecordingPrefixFn, add_auxilia
 from vla.models.backbones.base import BackboneConfig
 from vla.models.compile import mark_step
 from vla.models.heads.base import HeadConfig
+from vla.models.heads.rtc import GUIDANCE, RTCConfig, RTCGuidance
 from vla.models.normalizer import Normalizer
 from vla.shapes import check_keys, check_shape
 from vla.utils import sample_rng
@@ -117,6 +118,8 @@ class PolicyConfig:
     max_state_dim: int = 0
     max_action_dim: int = 0
     inference_steps: int | None = None  # denoising / integration steps at sampling (head default when None)
+    # Real-time chunking when a request carries the previous chunk's remainder (flow, diffusion heads)
+    rtc: RTCConfig = field(default_factory=RTCConfig)
     # Filled from the dataset by the trainer; stored so a checkpoint is self-contained.
     cameras: list[str] = field(default_factory=list)
     state_dim: int = 0
@@ -290,9 +293,11 @@ class Policy(nn.Module):
         seed: int | list[int] | None = None,
         embodiment: int = 0,
         noise: torch.Tensor | None = None,
+        prev_chunk: torch.Tensor | list | None = None,
+        inference_delay: int | list[int] | None = None,
     ) -> torch.Tensor:
         """Observation batch -> (B, H, D) raw units; see ``predict_plan``."""
-        return self.predict_plan(observation, num_steps, seed, embodiment, noise)[0]
+        return self.predict_plan(observation, num_steps, seed, embodiment, noise, prev_chunk, inference_delay)[0]
 
     @torch.no_grad()
     def predict_plan(
@@ -302,6 +307,8 @@ class Policy(nn.Module):
         seed: int | list[int] | None = None,
         embodiment: int = 0,
         noise: torch.Tensor | None = None,
+        prev_chunk: torch.Tensor | list | None = None,
+        inference_delay: int | list[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The chunk and how many of its leading actions to execute, (B,) long, when the head decides that
         (MoH with ``moh.consensus``), else None: ``n_action_steps`` does.
@@ -313,6 +320,12 @@ class Policy(nn.Module):
         samples share its batch (the evaluation runner relies on this across --num-envs). Without a seed,
         fresh noise comes from the global RNG, as sampling should. ``noise`` (B, H, model_action_dim)
         gives the initial noise itself (the same noise as another stack, to compare chunks).
+
+        Real-time chunking (``policy.rtc``, vla/models/heads/rtc.py): ``prev_chunk`` is the previous chunk's
+        unexecuted remainder in raw units, aligned with the new chunk (row i's action k is for the same step as
+        the new chunk's k): a (B, K, D) tensor, or one (K_i, D) array or None per row (K_i <= H; None or empty:
+        that row has none). ``inference_delay`` (an int, or one per row): how many of its leading actions the
+        robot plays while this chunk is computed; those are frozen, the rest of the overlap softly guided.
         """
         self._check_batch(observation, with_actions=False)
         obs = dict(observation)
@@ -342,11 +355,49 @@ class Policy(nn.Module):
             prefix_fn, state = self._prefix_fn(obs)
             b, d = images.shape[0], self.config.model_action_dim
             real_dims = pad_last(torch.ones(b, self.config.action_dim, dtype=torch.bool, device=images.device), d)
-            chunk, execute = self.head.sample_plan(
-                prefix_fn, {**state, "noise": noise, "action_dim_mask": real_dims}, num_steps=steps
-            )  # (B, H, Dw) normalized
+            inputs = {**state, "noise": noise, "action_dim_mask": real_dims}
+            guidance = self._rtc_guidance(prev_chunk, inference_delay, real_dims, embodiment)
+            if guidance is not None:
+                inputs[GUIDANCE] = guidance
+            chunk, execute = self.head.sample_plan(prefix_fn, inputs, num_steps=steps)  # (B, H, Dw) normalized
         chunk = chunk[..., : self.config.action_dim].float()  # padded action dims are not the robot's
         return self.normalizers[embodiment].unnormalize("actions", chunk), execute
+
+    def _rtc_guidance(
+        self, prev_chunk, inference_delay, real_dims: torch.Tensor, embodiment: int
+    ) -> RTCGuidance | None:
+        """The head's RTC inputs (normalized, padded to the model's widths), or None without a previous chunk."""
+        if prev_chunk is None:
+            if inference_delay:
+                raise ValueError("inference_delay needs prev_chunk (the previous chunk's unexecuted remainder)")
+            return None
+        if not self.head.supports_rtc:
+            raise ValueError(
+                f"prev_chunk: real-time chunking needs a flow (without mean_flow or moh) or diffusion head; this "
+                f"policy's head is {self.config.head.type!r}"
+            )
+        b = real_dims.shape[0]
+        rows = list(prev_chunk)
+        if len(rows) != b:
+            raise ValueError(f"prev_chunk: expected one previous chunk per observation ({b}), got {len(rows)}")
+        delays = list(inference_delay) if isinstance(inference_delay, list | tuple | torch.Tensor) else None
+        delays = [int(d) for d in delays] if delays is not None else [int(inference_delay or 0)] * b
+        normalized = []
+        for i, row in enumerate(rows):
+            if row is None or len(row) == 0:
+                normalized.append(None)
+                continue
+            row = torch.as_tensor(np.asarray(row) if not torch.is_tensor(row) else row)
+            check_shape(f"prev_chunk[{i}]", row, "K D", D=self.config.action_dim)
+            if row.shape[0] > self.config.chunk_size:
+                raise ValueError(
+                    f"prev_chunk[{i}]: {row.shape[0]} actions exceed the chunk size {self.config.chunk_size}"
+                )
+            row = self.normalizers[embodiment].normalize("actions", row.float().to(real_dims.device))
+            normalized.append(pad_last(row, self.config.model_action_dim))
+        return RTCGuidance.build(
+            self.config.rtc, normalized, delays, self.config.chunk_size, real_dims, self.head.rtc_trained
+        )
 
     def action_queue(self, n_action_steps: int | None = None) -> ActionQueue:
         """How this policy turns chunks into actions, for whoever plays them (``select_action``, the

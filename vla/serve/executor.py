@@ -16,6 +16,10 @@ for the network or the model as long as one round trip is shorter than
   set, are averaged with them using ACT's temporal-ensembling weights ``exp(-coeff * i)``
   (i = 0 for the oldest prediction of a step), or with ``adaptive_alpha`` set, CogACT's adaptive
   weights ``exp(alpha * cos(newest, p))``.
+- With ``rtc`` (real-time chunking, vla/models/heads/rtc.py), each request also carries the unexecuted
+  remainder of the planned actions, aligned with the chunk requested (its action 0 is for the step just
+  played), as ``prev_chunk_left_over``, and the delay measured on the last chunk (arrival minus request
+  step, at least 1) as ``inference_delay``: the server freezes those actions and blends the overlap.
 - Only if the queue runs dry does ``step`` block until the chunk in flight arrives; each
   such wait is counted in ``stats.stalls``.
 
@@ -34,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vla.action_queue import ActionQueue
+from vla.serve.protocol import INFERENCE_DELAY, PREV_CHUNK
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,7 @@ class ExecutorConfig:
     ensemble_coeff: float | None = None  # ACT temporal ensembling of overlapping chunks; None: newest chunk wins
     adaptive_alpha: float | None = None  # CogACT adaptive ensembling instead (exp(alpha * cos) weights)
     wait_timeout_s: float = 30.0  # longest ``step`` blocks on an empty queue before raising
+    rtc: bool = False  # send the previous chunk's remainder and the measured delay (real-time chunking)
 
     def __post_init__(self):
         if self.fps <= 0:
@@ -154,8 +160,16 @@ class ChunkExecutor:
         self.stats.steps += 1
         if self._inflight is None and self.queued <= self.config.request_threshold:
             # obs belongs to step t_obs, already executed: the new chunk's action 0 is dropped on arrival.
-            self._request(obs, t_obs)
+            self._request(self._with_remainder(obs, action) if self.config.rtc else obs, t_obs)
         return action
+
+    def _with_remainder(self, obs: dict, played: np.ndarray) -> dict:
+        """``obs`` plus real-time chunking's keys: the action just played and the planned ones after it (the
+        previous chunk's remainder, aligned with the chunk requested now), and the latest measured delay."""
+        remainder = np.stack([np.asarray(played, np.float32), *self._actions.planned()])  # (K, D)
+        measured = self.stats.latency_steps[-1] if self.stats.latency_steps else 1
+        delay = min(max(measured, 1), len(remainder))  # action 0 is for the step just played: at least 1
+        return {**obs, PREV_CHUNK: remainder, INFERENCE_DELAY: delay}
 
     def run(
         self, get_obs: Callable[[], dict], send_action: Callable[[np.ndarray], None], num_steps: int

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from vla.serve.protocol import SEED
+from vla.serve.protocol import INFERENCE_DELAY, PREV_CHUNK, SEED
 
 IMAGE_PREFIX = "observation.images."
 STATE_KEY = "observation.state"
@@ -61,6 +61,8 @@ class CanonicalObs:
     state: np.ndarray  # (S,) float32
     instruction: str
     seed: int | None = None
+    prev_chunk: np.ndarray | None = None  # (K, D) float32: real-time chunking's previous remainder, raw units
+    inference_delay: int = 0  # its leading actions played while this request is served
 
     @property
     def image_shapes(self) -> tuple[tuple[int, ...], ...]:
@@ -144,8 +146,12 @@ class ObsMapping:
         """The client key that maps onto ``canonical`` (for error messages)."""
         return next((c for c, k in self.keys.items() if k == canonical), canonical)
 
-    def to_canonical(self, obs: Any, cameras: list[str], state_dim: int) -> CanonicalObs:
-        """Rename, then check every key, shape and dtype; raise ObservationError naming the key."""
+    def to_canonical(
+        self, obs: Any, cameras: list[str], state_dim: int, chunk: tuple[int, int] | None = None
+    ) -> CanonicalObs:
+        """Rename, then check every key, shape and dtype; raise ObservationError naming the key.
+
+        ``chunk``: the policy's (H, D), against which the optional real-time chunking keys are checked."""
         if not isinstance(obs, Mapping):
             raise ObservationError(f"request: expected a dict (msgpack map) of observations, got {type(obs).__name__}")
         flat = flatten(obs)
@@ -163,7 +169,10 @@ class ObsMapping:
             if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
                 raise ObservationError(f"{SEED}: expected an integer, got {type(seed).__name__} {seed!r}")
             seed = int(seed)
-        return CanonicalObs(images=images, state=state, instruction=prompt, seed=seed)
+        prev, delay = _rtc_inputs(flat, chunk)
+        return CanonicalObs(
+            images=images, state=state, instruction=prompt, seed=seed, prev_chunk=prev, inference_delay=delay
+        )
 
     def _prompt(self, prompt: Any) -> str:
         if isinstance(prompt, np.ndarray) and prompt.dtype.kind == "U" and prompt.size == 1:
@@ -217,6 +226,40 @@ class ObsMapping:
         if not np.isfinite(state).all():
             raise ObservationError(f"{name}: contains NaN or inf: {state.tolist()}")
         return state
+
+
+def _rtc_inputs(flat: dict, chunk: tuple[int, int] | None) -> tuple[np.ndarray | None, int]:
+    """The optional real-time chunking keys, checked: (previous remainder (K, D) float32 or None, delay)."""
+    prev, delay = flat.get(PREV_CHUNK), flat.get(INFERENCE_DELAY)
+    if delay is not None:
+        if isinstance(delay, bool) or not isinstance(delay, int | np.integer):
+            raise ObservationError(f"{INFERENCE_DELAY}: expected an integer, got {type(delay).__name__} {delay!r}")
+        if prev is None:
+            raise ObservationError(f"{INFERENCE_DELAY} needs {PREV_CHUNK} (the previous chunk's unexecuted remainder)")
+    if prev is None:
+        return None, 0
+    if chunk is None:
+        raise ObservationError(
+            f"{PREV_CHUNK}: the served policy cannot use real-time chunking (flow and diffusion heads only)"
+        )
+    horizon, action_dim = chunk
+    if isinstance(prev, list | tuple):
+        prev = np.asarray(prev)
+    if not isinstance(prev, np.ndarray) or prev.dtype.kind not in "fiu":
+        raise ObservationError(
+            f"{PREV_CHUNK}: expected a numeric array (K <= {horizon}, D={action_dim}), got {prev!r:.80}"
+        )
+    if prev.ndim != 2 or prev.shape[1] != action_dim or prev.shape[0] > horizon:
+        raise ObservationError(f"{PREV_CHUNK}: expected (K <= {horizon}, D={action_dim}), got {prev.shape}")
+    prev = prev.astype(np.float32)
+    if not np.isfinite(prev).all():
+        raise ObservationError(f"{PREV_CHUNK}: contains NaN or inf")
+    delay = 0 if delay is None else int(delay)
+    if not 0 <= delay <= prev.shape[0]:
+        raise ObservationError(
+            f"{INFERENCE_DELAY}: expected 0..{prev.shape[0]} (the actions sent in {PREV_CHUNK}), got {delay}"
+        )
+    return prev, delay
 
 
 def _channels_last(x: np.ndarray, name: str) -> np.ndarray:

@@ -33,6 +33,11 @@ PROTOCOL_VERSION = 1
 ACTIONS = "actions"  # reply: (H, D) float32 raw robot units
 SERVER_TIMING = "server_timing"  # reply: {name: milliseconds} plain floats
 SEED = "seed"  # request (optional): int, makes stochastic heads deterministic
+# Real-time chunking (optional request keys, LeRobot's names): the previous chunk's unexecuted remainder, aligned
+# with the chunk requested (its action k is for the same step as the reply's k), and how many of its actions the
+# robot plays while this request is served (the delay it measured, in control steps). Plain clients send neither.
+PREV_CHUNK = "prev_chunk_left_over"  # request (optional): (K, D) float, K <= H, raw robot units
+INFERENCE_DELAY = "inference_delay"  # request (optional): int in [0, K]
 
 API_KEY_HEADER = "Authorization"
 API_KEY_SCHEME = "Api-Key"

@@ -121,6 +121,8 @@ class PolicyServer:
         self.device = next(policy.parameters()).device
         pc = policy.config
         self.cameras, self.state_dim = list(pc.cameras), int(pc.state_dim)
+        # (H, D) the real-time chunking keys are checked against; None: the head cannot use them (refused)
+        self._rtc_chunk = (int(pc.chunk_size), int(pc.action_dim)) if policy.head.supports_rtc else None
         self.batcher: DynamicBatcher[CanonicalObs, np.ndarray] = DynamicBatcher(
             self._run_batch, config.max_batch, config.max_wait_ms, key=_batch_key, worker_init=_worker_init(config)
         )
@@ -151,7 +153,10 @@ class PolicyServer:
             # predict_chunk restores the global RNG after sampling, so seed=None would replay the same noise
             # on every call: unseeded requests get a fresh seed from the server's own entropy instead.
             seed = int(self._rng.integers(2**31))
-        chunk = self.policy.predict_chunk(obs, seed=seed)  # (B, H, D) raw units
+        rtc = {}
+        if any(o.prev_chunk is not None for o in items):  # real-time chunking: rows without a remainder sample plain
+            rtc = {"prev_chunk": [o.prev_chunk for o in items], "inference_delay": [o.inference_delay for o in items]}
+        chunk = self.policy.predict_chunk(obs, seed=seed, **rtc)  # (B, H, D) raw units
         return list(chunk.float().cpu().numpy())  # sync point: once per batch
 
     # ---- protocol ----------------------------------------------------------------------------
@@ -173,6 +178,15 @@ class PolicyServer:
             "expected_keys": self.expected_keys(),
             "obs_map": dict(self.mapping.keys),
             "seed": "send an integer 'seed' for a deterministic reply (the request then runs unbatched)",
+            # real-time chunking: send the previous chunk's unexecuted remainder and the measured delay
+            "rtc": None
+            if self._rtc_chunk is None
+            else {
+                "keys": [protocol.PREV_CHUNK, protocol.INFERENCE_DELAY],
+                "mode": pc.rtc.mode
+                if pc.rtc.mode != "auto"
+                else ("inpaint" if self.policy.head.rtc_trained else "guided"),
+            },
             "max_batch": self.config.max_batch,
             "max_wait_ms": self.config.max_wait_ms,
             "max_message_bytes": self.config.max_message_bytes,
@@ -253,7 +267,9 @@ class PolicyServer:
                     )
                     continue
                 try:
-                    obs = self.mapping.to_canonical(protocol.unpack(message), self.cameras, self.state_dim)
+                    obs = self.mapping.to_canonical(
+                        protocol.unpack(message), self.cameras, self.state_dim, self._rtc_chunk
+                    )
                 except (protocol.ProtocolError, ObservationError) as e:
                     await self._send_error(ws, "bad_request", str(e), started)
                     continue

@@ -68,6 +68,16 @@ class Head(nn.Module, abc.ABC):
         """Return a normalized chunk (B, H, D)."""
 
     @property
+    def supports_rtc(self) -> bool:
+        """Whether ``sample`` takes real-time chunking guidance (``batch["rtc"]``, ``heads/rtc.py``)."""
+        return False
+
+    @property
+    def rtc_trained(self) -> bool:
+        """Whether the head was trained with clean prefixes (RTC can then hard-inpaint them)."""
+        return False
+
+    @property
     def chooses_execute(self) -> bool:
         """Whether ``sample_plan`` says how many actions of each chunk to execute (callers then play exactly those)."""
         return False

@@ -24,6 +24,7 @@ from torch import nn
 
 from vla import types as T
 from vla.models.compile import mark_step
+from vla.models.heads import rtc
 from vla.models.heads.action_expert import (
     ActionExpert,
     ActionExpertConfig,
@@ -119,6 +120,27 @@ class DiffusionHead(Head):
         out = self.expert(tokens, prefix.mask, context=prefix.hidden, cond=cond)  # (B, [1+]H, We)
         return self.action_out(out[:, -self.horizon :]).float()  # (B, H, D)
 
+    supports_rtc = True
+
+    def x0_of(self, out: torch.Tensor, x: torch.Tensor, alpha_bar: float) -> torch.Tensor:
+        """The clean-chunk estimate of a model output at x_k = sqrt(ab) x0 + sqrt(1 - ab) eps."""
+        a, s = alpha_bar**0.5, (1 - alpha_bar) ** 0.5
+        if self.cfg.prediction_type == "sample":
+            return out
+        if self.cfg.prediction_type == "epsilon":
+            return (x - s * out) / a
+        return a * x - s * out  # v = a eps - s x0
+
+    def output_shift(self, x0_shift: torch.Tensor, alpha_bar: float) -> torch.Tensor:
+        """How the model output (of ``prediction_type``) moves when its x0 estimate moves by ``x0_shift`` at a
+        fixed x_k (``x0_of`` is linear in the output); a zero shift leaves the output bit for bit."""
+        a, s = alpha_bar**0.5, (1 - alpha_bar) ** 0.5
+        if self.cfg.prediction_type == "sample":
+            return x0_shift
+        if self.cfg.prediction_type == "epsilon":
+            return -(a / s) * x0_shift
+        return -x0_shift / s
+
     def loss(self, prefix_fn, batch: dict) -> tuple[torch.Tensor, dict]:
         actions = batch["actions"].float()
         b = check_shape("actions", actions, "B H D", H=self.horizon, D=self.action_dim)["B"]
@@ -150,8 +172,20 @@ class DiffusionHead(Head):
         if noise is None:
             noise = torch.randn(b, self.horizon, self.action_dim, device=device)
         x = noise * scheduler.init_noise_sigma
+        guide = batch.get(rtc.GUIDANCE)  # an rtc.RTCGuidance when the previous chunk's remainder is given
         for t in scheduler.timesteps:
             mark_step()  # compiled with CUDA graphs: the previous step's block outputs are dead
-            model_out = self.denoise(prefix, scheduler.scale_model_input(x, t), t.expand(b))
+            x_in = scheduler.scale_model_input(x, t)
+            if guide is None:
+                model_out = self.denoise(prefix, x_in, t.expand(b))
+            else:  # real-time chunking: the x0 estimate guided towards the previous chunk (heads/rtc.py)
+                ab = float(scheduler.alphas_cumprod[int(t)])
+
+                def estimate(x_, t=t, ab=ab):
+                    out = self.denoise(prefix, x_, t.expand(b))
+                    return self.x0_of(out, x_, ab), out
+
+                model_out, shift = guide.diffusion_x0(estimate, x_in, ab)
+                model_out = model_out + self.output_shift(shift, ab)
             x = scheduler.step(model_out, t, x).prev_sample
         return x  # (B, H, D)

@@ -52,6 +52,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from vla import types as T
 from vla.models.compile import mark_step
+from vla.models.heads import rtc
 from vla.models.heads.action_expert import StateToken, action_weights, head_state_dim, masked_mean, prepend_state
 from vla.models.heads.base import Head, HeadConfig
 from vla.models.heads.experts import ExpertConfig, suffix_self_mask
@@ -101,9 +102,21 @@ class FlowMatchingConfig(HeadConfig):
     mean_flow_min_period: float = 2.0
     dispersive_weight: float = 0.0  # >0: add the dispersive (InfoNCE-L2) term on the expert's features
     dispersive_temperature: float = 0.5
+    # Training-time RTC (heads/rtc.py): each sample's first d ~ U{0..max} actions enter clean (time 0) without
+    # loss, so that inference with a previous chunk can hard-inpaint them (no backward pass); 0: off
+    rtc_training_max_delay: int = 0
     moh: MixtureOfHorizonsConfig = field(default_factory=MixtureOfHorizonsConfig)  # mixture of horizons (off)
 
     def __post_init__(self):
+        if self.rtc_training_max_delay and (
+            self.rtc_training_max_delay < 0 or self.mean_flow or self.moh.enabled or self.time_conditioning != "concat"
+        ):
+            raise ValueError(
+                "flow head: rtc_training_max_delay needs a per-token time: it must be >= 0, with "
+                f"time_conditioning='concat' (got {self.time_conditioning!r}; adaptive norms take one time per "
+                f"sample) and without mean_flow or moh (got {self.mean_flow}, {self.moh.horizons}); got "
+                f"{self.rtc_training_max_delay}"
+            )
         if self.mean_flow and self.moh.enabled:
             raise ValueError(
                 "flow head: mean_flow and moh.horizons do not combine (MeanFlow's JVP target would have to run "
@@ -165,6 +178,14 @@ class FlowMatchingHead(HorizonsPlanMixin, Head):
         )
         self.moh = MixtureOfHorizons(cfg.moh, width, horizon) if cfg.moh.enabled else None
 
+    @property
+    def supports_rtc(self) -> bool:
+        return not (self.cfg.mean_flow or self.cfg.moh.enabled)  # one Euler loop of the instantaneous velocity
+
+    @property
+    def rtc_trained(self) -> bool:
+        return self.cfg.rtc_training_max_delay > 0
+
     def velocity(
         self,
         prefix: Prefix,
@@ -174,7 +195,7 @@ class FlowMatchingHead(HorizonsPlanMixin, Head):
         features: bool = False,
         self_mask: torch.Tensor | None = None,
     ):
-        """Noisy chunk (B, H, D) at times t (B,) -> predicted velocity (B, H, D).
+        """Noisy chunk (B, H, D) at times t (B,), or per action token (B, H) -> predicted velocity (B, H, D).
 
         With ``mean_flow``, the average velocity over [r, t] (r (B,), None: r = t, the instantaneous
         velocity). ``features=True`` also returns the expert's output tokens (B, [1+]H, We).
@@ -183,7 +204,7 @@ class FlowMatchingHead(HorizonsPlanMixin, Head):
         dtype = self.action_in.weight.dtype
         tokens = self.action_in(x_t.to(dtype))  # (B, H, We)
         periods = {} if self.interval_in is None else {"min_period": self.cfg.mean_flow_min_period}
-        t_emb = sinusoidal_embedding(t, self.width, **periods).to(dtype)  # (B, We)
+        t_emb = sinusoidal_embedding(t, self.width, **periods).to(dtype).reshape(*t.shape, -1)  # (B[, H], We)
         if self.interval_in is not None:
             interval = torch.zeros_like(t) if r is None else t - r  # (B,)
             t_emb = t_emb + self.interval_in(sinusoidal_embedding(interval, self.width, **periods).to(dtype))
@@ -191,7 +212,7 @@ class FlowMatchingHead(HorizonsPlanMixin, Head):
         if self.adaptive:
             cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(t_emb))))  # (B, We)
         else:
-            t_emb = t_emb[:, None, :].expand_as(tokens)  # (B, H, We)
+            t_emb = t_emb.reshape(t.shape[0], -1, self.width).expand_as(tokens)  # (B, H, We); t may be per token
             tokens = self.time_mlp_out(F.silu(self.time_mlp_in(torch.cat([tokens, t_emb], dim=-1))))  # (B, H, We)
         tokens = prepend_state(self.state_token, prefix, tokens)
         self_mask = self.self_mask if self_mask is None else self_mask
@@ -231,7 +252,13 @@ class FlowMatchingHead(HorizonsPlanMixin, Head):
             t = sample_beta_time(b, self.cfg.time_alpha, self.cfg.time_beta, device=actions.device, generator=gens)
         t = t.to(actions.device, torch.float32)
         check_shape("time", t, "B", B=b)
-        x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions  # (B, H, D)
+        if self.cfg.rtc_training_max_delay:  # clean prefix at time 0 (per token), loss on the rest only
+            clean = rtc.clean_prefix(
+                rtc.training_delays(b, self.cfg.rtc_training_max_delay, self.horizon, gens, t.device), self.horizon
+            )
+            t, weights = torch.where(clean, 0.0, t[:, None]), weights * ~clean[..., None]  # (B, H), (B, H, D)
+        tt = t.reshape(b, -1)[..., None]  # (B, 1 or H, 1)
+        x_t = tt * noise + (1 - tt) * actions  # (B, H, D)
         target = noise - actions  # velocity dx_t/dt
         if self.moh is not None:
             v, per, alpha = self.mixed_velocity(repeat_prefix(prefix, self.moh.n), x_t, t)
@@ -295,12 +322,16 @@ class FlowMatchingHead(HorizonsPlanMixin, Head):
         steps, prefix, x = self._start(prefix_fn, batch, num_steps)
         b, device = x.shape[0], x.device
         dt = -1.0 / steps
+        guide = batch.get(rtc.GUIDANCE)  # an rtc.RTCGuidance when the previous chunk's remainder is given
         for i in range(steps):
             mark_step()  # compiled with CUDA graphs: the previous step's block outputs are dead
             t = torch.full((b,), 1.0 + i * dt, device=device)
             if self.cfg.mean_flow:  # jump over [r, t] with the average velocity
                 r = torch.full((b,), max(1.0 + (i + 1) * dt, 0.0), device=device)
                 x = x + dt * self.velocity(prefix, x, t, r)
+            elif guide is not None:  # real-time chunking (heads/rtc.py): guided or inpainted velocity
+                x, v = guide.flow_step(lambda x_, t_: self.velocity(prefix, x_, t_), x, t)
+                x = x + dt * v
             else:  # Euler step with the instantaneous velocity
                 x = x + dt * self.velocity(prefix, x, t)
         return x  # t = 0: actions (B, H, D)
