@@ -711,8 +711,10 @@ def _evaluate_model(cfg: EvalConfig, policy, digest: str) -> dict:
     if cfg.rtc:
         if not policy.head.supports_rtc:
             raise ValueError(f"--rtc: real-time chunking needs a flow or diffusion head, not {pc.head.type!r}")
-        changes = {"mode": cfg.rtc, "schedule": cfg.rtc_schedule, "max_guidance_weight": cfg.rtc_beta}
-        rtc = dataclasses.replace(pc.rtc, **{k: v for k, v in changes.items() if v is not None})
+        from vla.models.heads.rtc import resolve_mode, with_overrides
+
+        rtc = with_overrides(pc.rtc, cfg.rtc, cfg.rtc_schedule, cfg.rtc_beta)
+        resolve_mode(rtc, policy.head.rtc_trained)  # inpainting an untrained head fails before any episode
         policy.config = pc = dataclasses.replace(pc, rtc=rtc)
         info["rtc"] = dataclasses.asdict(rtc) | {"trained": policy.head.rtc_trained}
     if pc.auxiliary.enabled:  # what training used beside the inputs (never read here); only when set, as above

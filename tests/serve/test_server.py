@@ -394,3 +394,12 @@ def test_rtc_keys_guide_the_reply_and_malformed_ones_are_refused(client, policy,
         with pytest.raises(ServerError, match=words):
             client.infer({**obs, **extra})
     assert client.infer(obs)["actions"].shape == (8, 7)
+
+
+def test_serve_rtc_options_override_the_checkpoints(checkpoint):
+    """vla serve --rtc-mode/--rtc-schedule/--rtc-beta set how RTC requests are sampled (the metadata says the
+    mode); inpainting a head not trained for it is refused at start-up, not on a client's request."""
+    server = PolicyServer.from_checkpoint(ServeConfig(checkpoint=str(checkpoint), port=0, rtc_beta=2.0))
+    assert server.policy.config.rtc.max_guidance_weight == 2.0 and server.metadata()["rtc"]["mode"] == "guided"
+    with pytest.raises(ValueError, match="rtc_training_max_delay"):
+        PolicyServer.from_checkpoint(ServeConfig(checkpoint=str(checkpoint), port=0, rtc_mode="inpaint"))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import http
 import json
@@ -43,6 +44,7 @@ from einops import rearrange
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
+from vla.models.heads.rtc import resolve_mode, with_overrides
 from vla.serve import protocol
 from vla.serve.batcher import DynamicBatcher
 from vla.serve.obs_mapping import MAX_PROMPT_BYTES, CanonicalObs, ObservationError, ObsMapping
@@ -66,6 +68,11 @@ class ServeConfig:
     # checkpoint's: ACT's temporal coefficient or CogACT's adaptive alpha
     temporal_ensemble_coeff: float | None = None
     adaptive_ensemble_alpha: float | None = None
+    # Real-time chunking of requests that carry prev_chunk_left_over (flow/diffusion checkpoints; None: the
+    # checkpoint's policy.rtc): guided | inpaint | auto, the soft mask (exp | linear | ones | zeros), beta
+    rtc_mode: str | None = None
+    rtc_schedule: str | None = None
+    rtc_beta: float | None = None
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535:
@@ -137,6 +144,10 @@ class PolicyServer:
         policy = Policy.load(config.checkpoint, config.device)
         if config.temporal_ensemble_coeff is not None or config.adaptive_ensemble_alpha is not None:
             policy.use_ensembling(config.temporal_ensemble_coeff, config.adaptive_ensemble_alpha)
+        rtc = with_overrides(policy.config.rtc, config.rtc_mode, config.rtc_schedule, config.rtc_beta)
+        if policy.head.supports_rtc:
+            resolve_mode(rtc, policy.head.rtc_trained)  # an impossible mode fails here, not on a client's request
+        policy.config = dataclasses.replace(policy.config, rtc=rtc)
         if config.compile:
             from vla.models.compile import compile_for_inference
 
@@ -183,9 +194,7 @@ class PolicyServer:
             if self._rtc_chunk is None
             else {
                 "keys": [protocol.PREV_CHUNK, protocol.INFERENCE_DELAY],
-                "mode": pc.rtc.mode
-                if pc.rtc.mode != "auto"
-                else ("inpaint" if self.policy.head.rtc_trained else "guided"),
+                "mode": resolve_mode(pc.rtc, self.policy.head.rtc_trained),
             },
             "max_batch": self.config.max_batch,
             "max_wait_ms": self.config.max_wait_ms,

@@ -31,6 +31,7 @@ LeRobot's ``execution_horizon``), defaults to Y's length: the whole remainder gu
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -60,6 +61,27 @@ class RTCConfig:
             raise ValueError(f"rtc.max_guidance_weight must be >= 0, got {self.max_guidance_weight}")
         if self.soft_end is not None and self.soft_end < 0:
             raise ValueError(f"rtc.soft_end must be >= 0 or None, got {self.soft_end}")
+
+
+def with_overrides(
+    config: RTCConfig, mode: str | None = None, schedule: str | None = None, max_guidance_weight: float | None = None
+) -> RTCConfig:
+    """``config`` with the options given (not None) replaced: an evaluation's or a server's choice over a
+    checkpoint's ``policy.rtc`` (the weights are the same: RTC is a choice of inference)."""
+    changes = {"mode": mode, "schedule": schedule, "max_guidance_weight": max_guidance_weight}
+    return dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
+
+
+def resolve_mode(config: RTCConfig, trained: bool) -> str:
+    """``guided`` or ``inpaint``: ``auto`` inpaints on heads trained with clean prefixes; inpainting an untrained
+    head is refused (its prefix would enter at a time it never saw)."""
+    mode = config.mode if config.mode != "auto" else ("inpaint" if trained else "guided")
+    if mode == "inpaint" and not trained:
+        raise ValueError(
+            "rtc.mode=inpaint needs a head trained with clean prefixes (policy.head.rtc_training_max_delay > 0); "
+            "use rtc.mode=guided"
+        )
+    return mode
 
 
 def prefix_weights(delay: torch.Tensor, end: torch.Tensor, horizon: int, schedule: str = "exp") -> torch.Tensor:
@@ -151,12 +173,7 @@ class RTCGuidance:
             raise ValueError(f"rtc: inference delays must lie in [0, {horizon}], got {d.tolist()}")
         d = torch.minimum(d, lengths)  # only actions Y has can be frozen
         end = lengths if config.soft_end is None else lengths.clamp(max=config.soft_end)
-        mode = config.mode if config.mode != "auto" else ("inpaint" if trained else "guided")
-        if mode == "inpaint" and not trained:
-            raise ValueError(
-                "rtc.mode=inpaint needs a head trained with clean prefixes (policy.head.rtc_training_max_delay > 0); "
-                "use rtc.mode=guided"
-            )
+        mode = resolve_mode(config, trained)
         frozen = torch.arange(horizon)[None, :] < d[:, None]  # (B, H)
         return cls(
             mode=mode,
