@@ -26,6 +26,41 @@ def evaluate_offline(
     policy, dataset_root: str | Path, out: str | Path, frames: int = 64, batch_size: int = 8, seed: int = 0
 ) -> dict:
     """Chunk errors of ``policy`` on ``frames`` frames of the LeRobot dataset at ``dataset_root``."""
+    stats = policy.stats.get("members", [policy.stats])[0].get("actions", {})
+    if "mean" not in stats:
+        raise KeyError(
+            f"the policy's action statistics have no mean (they have {sorted(stats)}): no baseline to report"
+        )
+    chunks = predict_frames(policy, dataset_root, frames, batch_size, seed)
+    pred, target, w = chunks["pred"], chunks["target"], chunks["mask"]
+    norm, device = policy.normalizers[0], next(policy.parameters()).device
+    mean = torch.tensor(stats["mean"], dtype=torch.float32)  # the dataset-mean predictor
+    err = (pred - target).abs() * w
+    base = (mean.expand_as(target) - target).abs() * w
+    errn = (norm.normalize("actions", pred.to(device)) - norm.normalize("actions", target.to(device))).abs().cpu() * w
+    count = w.sum(dim=(0, 1)).clamp(min=1)
+    results = {
+        "frames": len(chunks["frames"]),
+        "dataset": str(dataset_root),
+        "mae": float(err.sum() / w.sum()),
+        "mae_per_dim": (err.sum(dim=(0, 1)) / count).tolist(),
+        "mae_first_step": float(err[:, 0].sum() / w[:, 0].sum()),
+        "mae_normalized": float(errn.sum() / w.sum()),
+        "mean_baseline_mae": float(base.sum() / w.sum()),
+        "seed": seed,
+    }
+    write(Path(out), results)
+    return results
+
+
+def predict_frames(
+    policy, dataset_root: str | Path, frames: int = 64, batch_size: int = 8, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """The policy's chunks at ``frames`` evenly spaced frames of the dataset, with per-frame seeds: two
+    policies (a float one and its quantized copy) get the same frames and the same initial noise.
+
+    Returns CPU tensors: ``pred`` and ``target`` (N, H, D) raw units, ``mask`` (N, H, D) 1 where the
+    recorded step is real (not padding past an episode's end), ``frames`` (N,) the dataset indices."""
     from data_pipelines.collate import collate
     from vla.train.config import DatasetConfig
     from vla.train.data import _source
@@ -42,39 +77,22 @@ def evaluate_offline(
         )
     device = next(policy.parameters()).device
     picks = np.unique(np.linspace(0, len(src) - 1, min(frames, len(src))).round().astype(int))
-    errors, baseline, errors_norm, weights = [], [], [], []
-    norm = policy.normalizers[0]
-    stats = policy.stats.get("members", [policy.stats])[0].get("actions", {})
-    if "mean" not in stats:
-        raise KeyError(
-            f"the policy's action statistics have no mean (they have {sorted(stats)}): no baseline to report"
-        )
-    mean = torch.tensor(stats["mean"], dtype=torch.float32, device=device)  # the dataset-mean predictor
+    preds, targets, masks = [], [], []
     for start in range(0, len(picks), batch_size):
         idx = picks[start : start + batch_size]
         batch = collate([src[int(i)] for i in idx])
         batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
         pred = policy.predict_chunk(batch, seed=[seed * 1_000_003 + int(i) for i in idx])  # (B, H, D)
         target = batch["actions"].float()
-        w = (~batch["action_pad"].bool()).float()[..., None].expand_as(target)  # (B, H, D)
-        errors.append(((pred - target).abs() * w).cpu())
-        baseline.append(((mean.expand_as(target) - target).abs() * w).cpu())
-        errors_norm.append(((norm.normalize("actions", pred) - norm.normalize("actions", target)).abs() * w).cpu())
-        weights.append(w.cpu())
-    err, base, errn, w = (torch.cat(x) for x in (errors, baseline, errors_norm, weights))
-    count = w.sum(dim=(0, 1)).clamp(min=1)
-    results = {
-        "frames": len(picks),
-        "dataset": str(dataset_root),
-        "mae": float(err.sum() / w.sum()),
-        "mae_per_dim": (err.sum(dim=(0, 1)) / count).tolist(),
-        "mae_first_step": float(err[:, 0].sum() / w[:, 0].sum()),
-        "mae_normalized": float(errn.sum() / w.sum()),
-        "mean_baseline_mae": float(base.sum() / w.sum()),
-        "seed": seed,
+        preds.append(pred.float().cpu())
+        targets.append(target.cpu())
+        masks.append((~batch["action_pad"].bool()).float()[..., None].expand_as(target).cpu())  # (B, H, D)
+    return {
+        "pred": torch.cat(preds),
+        "target": torch.cat(targets),
+        "mask": torch.cat(masks),
+        "frames": torch.as_tensor(picks),
     }
-    write(Path(out), results)
-    return results
 
 
 def write(out: Path, results: dict) -> None:

@@ -26,6 +26,7 @@ from vla.models.backbones.base import BackboneConfig
 from vla.models.compile import compile_for_inference, compile_regions
 from vla.models.heads.base import HeadConfig
 from vla.models.policy import Policy, PolicyConfig
+from vla.models.quantize import model_bytes
 from vla.utils.device import resolve_device
 
 RECIPES = Path(__file__).resolve().parents[2] / "configs" / "experiments"
@@ -38,6 +39,7 @@ class ModelBenchConfig:
     head: str | None = None  # override the scale's head type
     head_options: dict[str, str] = field(default_factory=dict)  # head config fields, e.g. {"decoding": "diffusion"}
     weights: str | None = None  # start from this checkpoint (ours, or a LeRobot pi0/pi0.5/SmolVLA folder)
+    quantize: str | None = None  # then quantize it with this scheme (vla/models/quantize.py, its default layers)
     processor: str | None = None  # weights from LeRobot: the VLM's processor folder (default: a synthetic one)
     cameras: int = 2
     image_size: int = 224
@@ -106,7 +108,12 @@ def build_policy(cfg: ModelBenchConfig, device: torch.device) -> Policy:
     pc = policy.config
     cfg.cameras, cfg.state_dim, cfg.action_dim, cfg.chunk = len(pc.cameras), pc.state_dim, pc.action_dim, pc.chunk_size
     cfg.image_size = policy.backbone.image_size
-    return policy.to(device=device, dtype=dtype)
+    policy = policy.to(device=device, dtype=dtype)
+    if cfg.quantize:  # after the cast, so the quantized layers compute in the benchmark's dtype
+        from vla.models.quantize import QuantizeConfig, quantize_policy, scheme
+
+        quantize_policy(policy, QuantizeConfig(scheme=scheme(cfg.quantize)))
+    return policy
 
 
 def synthetic_processor(lerobot_checkpoint: str) -> str:
@@ -154,6 +161,8 @@ def _sync(device: torch.device) -> None:
 
 def bench_train(cfg: ModelBenchConfig) -> list[dict]:
     """Samples/s of forward + backward + fused AdamW, and peak memory, per batch size."""
+    if cfg.quantize:
+        raise ValueError("--quantize is for `vla bench infer`: quantized weights are not trained")
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
     policy = build_policy(cfg, device)
@@ -237,6 +246,8 @@ def bench_infer(cfg: ModelBenchConfig) -> dict:
         "head": policy.config.head.type,
         "head_options": cfg.head_options,
         "weights": cfg.weights or "random",
+        "quantize": _quantization(policy, cfg),
+        "model_mb": round(model_bytes(policy) / 2**20, 2),  # in memory; quantized layers: int8 data + scales
         "inference_steps": cfg.inference_steps,
         "chunk": cfg.chunk,
         "device": _device_name(device),
@@ -246,6 +257,14 @@ def bench_infer(cfg: ModelBenchConfig) -> dict:
         "p50_ms": round(1000 * statistics.median(lat), 2),
         "p90_ms": round(1000 * lat[min(len(lat) - 1, int(0.9 * len(lat)))], 2),
     }
+
+
+def _quantization(policy: Policy, cfg: ModelBenchConfig) -> str | None:
+    """The scheme the benchmarked policy runs: --quantize, or the one its --weights checkpoint was quantized with."""
+    from vla.models.quantize import read_quantization
+
+    saved = read_quantization(cfg.weights) if cfg.weights else None
+    return cfg.quantize or (saved[0].scheme.type if saved else None)
 
 
 def _device_name(device: torch.device) -> str:

@@ -7,6 +7,7 @@
     vla bench infer --head bins --head-option decoding=diffusion [--inference-steps 12]   a head's options
     vla bench train|infer --scale pi0 --peer lerobot-pi0 [--same-weights]   LeRobot's pi0 beside ours (GPU)
     vla bench train|infer --weights CKPT                           ours from a checkpoint (ours, or LeRobot's)
+    vla bench infer [--weights CKPT] --quantize int8-dynamic       quantized first (a `vla quantize` CKPT: as saved)
     vla bench eval  [--suite mw-easy --num-envs 2]                 runner vs naive loop, E envs vs 1
     vla bench serve [--checkpoint CKPT]                            round trip p50/p99, 1 and 8 clients
     vla bench all   --out DIR [--root DIR]                         everything above, one JSON + one table
@@ -80,6 +81,7 @@ def _model_cfg(a):
         head_options=_head_options(a.head_option),
         inference_steps=a.inference_steps,
         weights=a.weights,
+        quantize=a.quantize,
         processor=a.processor,
         batch_sizes=_ints(a.batch_sizes),
         steps=a.steps,
@@ -230,6 +232,12 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("--scale", default="tiny", choices=["tiny", "pi0", "pi05", "smolvla"])
     p.add_argument("--weights", default=None, help="`train`/`infer`: start from this checkpoint (ours or LeRobot's)")
+    p.add_argument(
+        "--quantize",
+        default=None,
+        help="`infer`: quantize the policy first, int8-weight|int8-dynamic|fp8 (vla quantize's default layers); "
+        "a --weights checkpoint written by `vla quantize` runs quantized without it",
+    )
     p.add_argument("--processor", default=None, help="with LeRobot --weights: the VLM's processor folder")
     p.add_argument(
         "--same-weights", action="store_true", help="with --peer: ours starts from the peer's own initial weights"

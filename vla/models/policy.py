@@ -457,11 +457,14 @@ class Policy(nn.Module):
             self.write_checkpoint(tmp)
         return Path(path)
 
-    def write_checkpoint(self, directory: str | Path, state_dict: dict | None = None) -> None:
+    def write_checkpoint(
+        self, directory: str | Path, state_dict: dict | None = None, metadata: dict[str, str] | None = None
+    ) -> None:
         """Weights (safetensors), config, statistics and head extras (e.g. the FAST tokenizer).
 
-        ``state_dict`` lets the trainer pass weights gathered from DeepSpeed ZeRO-3 shards.
-        Tied tensors (shared storage) are stored once.
+        ``state_dict`` lets the trainer pass weights gathered from DeepSpeed ZeRO-3 shards, and
+        vla/models/quantize.py quantized weights flattened to plain tensors, with ``metadata`` (the
+        safetensors header) describing them. Tied tensors (shared storage) are stored once.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -473,7 +476,7 @@ class Policy(nn.Module):
                 continue
             seen.add(key)
             tensors[k] = v.detach().contiguous().cpu()
-        save_file(tensors, str(directory / WEIGHTS_FILE))
+        save_file(tensors, str(directory / WEIGHTS_FILE), metadata=metadata)
         self.backbone.save_architecture(directory / BACKBONE_DIR)
         (directory / CONFIG_FILE).write_text(json.dumps(to_dict(self.config), indent=2))
         (directory / STATS_FILE).write_text(json.dumps(self.stats, indent=2))
@@ -504,7 +507,13 @@ class Policy(nn.Module):
             policy = cls(config, stats, architecture=architecture_of(path))
         if (path / HEAD_DIR).is_dir():
             policy.head.load_tokenizer(path / HEAD_DIR)
-        policy.load_weights(load_file(str(path / WEIGHTS_FILE)), source=path / WEIGHTS_FILE, strict=True)
+        quantization = _quantization_of(path)
+        if quantization is not None:  # `vla quantize`: int8/fp8 weights stored as torchao writes them
+            from vla.models.quantize import load_quantized
+
+            load_quantized(policy, path / WEIGHTS_FILE, quantization, device)
+        else:
+            policy.load_weights(load_file(str(path / WEIGHTS_FILE)), source=path / WEIGHTS_FILE, strict=True)
         return policy.to(device).eval()
 
     def load_weights(self, tensors: dict, source, strict: bool = True) -> dict[str, list[str]]:
@@ -540,6 +549,14 @@ class Policy(nn.Module):
             "reinitialized": sorted(set(missing) | set(mismatched)),
             "unexpected": unexpected,
         }
+
+
+def _quantization_of(checkpoint: Path):
+    """A quantized checkpoint's QuantizeConfig (vla/models/quantize.py), None for a float one; torchao is
+    imported only for quantized checkpoints."""
+    from vla.models.quantize import QUANT_FILE, read_quantization
+
+    return read_quantization(checkpoint)[0] if (checkpoint / QUANT_FILE).is_file() else None
 
 
 def architecture_of(checkpoint: str | Path) -> Path | None:
