@@ -23,6 +23,9 @@ ACTIONS = "actions"  # (B, H, D) float32 raw robot units
 ACTION_PAD = "action_pad"  # (B, H) bool: True where the chunk runs past the episode end
 ACTION_DIM_MASK = "action_dim_mask"  # (B, D) bool: True on real dims
 INSTRUCTION = "instruction"  # list[str] of length B
+# The instruction already tokenized in the backbone's prompt format (an exported graph's input, vla/interop/onnx_export.py)
+TEXT_IDS = "text_ids"  # (B, max_text_tokens) long
+TEXT_MASK = "text_mask"  # (B, max_text_tokens) bool: True on real tokens
 DATASET_INDEX = "dataset_index"  # (B,) long, which mixture member a sample came from (optional)
 # Training only, with policy.auxiliary.key set: that dataset feature of the current frame, predicted by a probe
 # on the image features (vla/models/auxiliary.py). Never an input: inference neither needs nor reads it.

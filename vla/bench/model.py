@@ -267,5 +267,70 @@ def _quantization(policy: Policy, cfg: ModelBenchConfig) -> str | None:
     return cfg.quantize or (saved[0].scheme.type if saved else None)
 
 
+RUNTIMES = ("eager", "compiled", "onnx")
+
+
+def bench_infer_runtimes(cfg: ModelBenchConfig, runtimes: list[str]) -> list[dict]:
+    """``bench_infer`` once per runtime, one row each, side by side: PyTorch eager, torch.compile'd, and the
+    policy exported to ONNX (``vla export --format onnx``) run by onnxruntime's CPU provider in fp32."""
+    unknown = sorted(set(runtimes) - set(RUNTIMES))
+    if unknown:
+        raise ValueError(f"--runtimes {unknown[0]!r}: known runtimes are {', '.join(RUNTIMES)}")
+    rows = []
+    for runtime in runtimes:
+        if runtime == "onnx":
+            rows.append(bench_infer_onnx(cfg))
+        else:
+            row = bench_infer(dataclasses.replace(cfg, compile=runtime == "compiled"))
+            rows.append({"runtime": runtime, **row})
+    return rows
+
+
+def bench_infer_onnx(cfg: ModelBenchConfig) -> dict:
+    """Latency of one chunk at batch 1 through the ONNX runner (onnxruntime, CPU, fp32, torch's thread count)."""
+    import tempfile
+
+    from vla.interop.onnx_export import export_policy
+    from vla.serve.onnx_runner import OnnxPolicy
+
+    if cfg.quantize:
+        raise ValueError("--runtimes onnx exports the fp32 policy: run it without --quantize")
+    device = torch.device("cpu")
+    cfg = dataclasses.replace(cfg, dtype="fp32", device="cpu")
+    policy = build_policy(cfg, device).eval()  # fills cfg's robot (cameras, image size) from the policy
+    batch = synthetic_batch(cfg, 1, device, with_actions=False)
+    obs = {"images": batch["images"].numpy(), "state": batch["state"].numpy(), "instruction": batch["instruction"]}
+    with tempfile.TemporaryDirectory(prefix="vla-bench-onnx-") as tmp:
+        t0 = time.perf_counter()
+        export_policy(policy, Path(tmp) / "onnx", cfg.inference_steps, verify=False)
+        export_s = time.perf_counter() - t0
+        runner = OnnxPolicy(Path(tmp) / "onnx", threads=torch.get_num_threads())
+        t0 = time.perf_counter()
+        runner.predict_chunk(obs, seed=0)
+        first = time.perf_counter() - t0
+        lat = []
+        for i in range(cfg.infer_iters):
+            t = time.perf_counter()
+            runner.predict_chunk(obs, seed=i)
+            lat.append(time.perf_counter() - t)
+    lat.sort()
+    return {
+        "runtime": "onnx",
+        "what": "infer_chunk_b1",
+        "scale": cfg.scale,
+        "head": policy.config.head.type,
+        "head_options": cfg.head_options,
+        "weights": cfg.weights or "random",
+        "inference_steps": cfg.inference_steps,
+        "chunk": cfg.chunk,
+        "device": "cpu (onnxruntime CPUExecutionProvider)",
+        "dtype": "torch.float32",
+        "export_s": round(export_s, 1),
+        "first_call_s": round(first, 3),
+        "p50_ms": round(1000 * statistics.median(lat), 2),
+        "p90_ms": round(1000 * lat[min(len(lat) - 1, int(0.9 * len(lat)))], 2),
+    }
+
+
 def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

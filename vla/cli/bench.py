@@ -8,6 +8,7 @@
     vla bench train|infer --scale pi0 --peer lerobot-pi0 [--same-weights]   LeRobot's pi0 beside ours (GPU)
     vla bench train|infer --weights CKPT                           ours from a checkpoint (ours, or LeRobot's)
     vla bench infer [--weights CKPT] --quantize int8-dynamic       quantized first (a `vla quantize` CKPT: as saved)
+    vla bench infer --runtimes eager,compiled,onnx                 PyTorch eager, compiled, ONNX Runtime side by side
     vla bench eval  [--suite mw-easy --num-envs 2]                 runner vs naive loop, E envs vs 1
     vla bench serve [--checkpoint CKPT]                            round trip p50/p99, 1 and 8 clients
     vla bench all   --out DIR [--root DIR]                         everything above, one JSON + one table
@@ -105,6 +106,10 @@ def run_train(a) -> list[dict]:
 def run_infer(a) -> dict | list[dict]:
     from vla.bench.model import bench_infer
 
+    if a.runtimes:  # eager, compiled and ONNX Runtime side by side
+        from vla.bench.model import bench_infer_runtimes
+
+        return bench_infer_runtimes(_model_cfg(a), [r.strip() for r in a.runtimes.split(",") if r.strip()])
     ours, peer = _ours_and_peer(a, bench_infer, infer_only=True, wanted="infer_chunk_b1")
     return [ours, *peer] if peer else ours
 
@@ -259,6 +264,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--grad-ckpt", action="store_true")
     p.add_argument("--compile", action="store_true", help="regional torch.compile (CUDA graphs for the head on a GPU)")
     p.add_argument("--infer-iters", type=int, default=20, help="`infer`: timed chunks after the first call")
+    p.add_argument(
+        "--runtimes",
+        default=None,
+        help="`infer`: one row per runtime, side by side, e.g. eager,compiled,onnx (onnx: exported, onnxruntime CPU)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--peer", default=None, help="`train`/`infer`: also time LeRobot's policy (lerobot-pi0, lerobot-pi05)"

@@ -7,6 +7,9 @@ in ``training_state/`` (fp32 master weights), e.g. when only the shards survived
 ``--format lerobot`` writes a pi0, pi0.5 or SmolVLA policy as LeRobot 0.6.1 saves one (config.json,
 model.safetensors, pre/post-processors with the statistics): ``PI0Policy.from_pretrained(DIR)`` loads it.
 The policy must be one of those three (the recipes configs/experiments/*_finetune.yaml, or an import).
+``--format onnx`` writes ONNX graphs and the numpy runner that runs them with onnxruntime alone
+(vla/interop/onnx_export.py: flow, diffusion and regression heads; ``vla serve --onnx DIR`` serves them),
+checked against the PyTorch policy on a random observation with the same noise (max_abs_diff in the report).
 """
 
 from __future__ import annotations
@@ -50,10 +53,27 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", type=Path, required=True, help="where to write the plain policy checkpoint")
     p.add_argument("--ema", action="store_true", help="export the EMA weights")
     p.add_argument("--from-zero", action="store_true", help="consolidate from the DeepSpeed ZeRO shards")
-    p.add_argument("--format", choices=["vla", "lerobot"], default="vla", help="ours (default) or LeRobot's")
+    p.add_argument(
+        "--format", choices=["vla", "lerobot", "onnx"], default="vla", help="ours (default), LeRobot's, ONNX"
+    )
+    p.add_argument("--inference-steps", type=int, default=None, help="onnx: the fixed sampling steps (the config's)")
+    p.add_argument("--no-verify", action="store_true", help="onnx: skip the parity check against PyTorch")
     p.add_argument("--vlm-model-name", default=None, help="lerobot, SmolVLA: the VLM LeRobot builds it on")
     a = p.parse_args(argv)
     with friendly_errors("export"):
+        if a.format == "onnx":
+            import json
+            import tempfile
+
+            from vla.interop.onnx_export import export_onnx
+
+            with tempfile.TemporaryDirectory() as tmp:
+                source = a.checkpoint
+                if a.ema or a.from_zero:  # consolidate first, then convert
+                    source = export_checkpoint(a.checkpoint, Path(tmp) / "policy", a.ema, a.from_zero)
+                report = export_onnx(source, a.out, a.inference_steps, verify=not a.no_verify)
+            print(json.dumps(report))
+            return 0
         if a.format == "lerobot":
             import json
             import tempfile

@@ -238,9 +238,12 @@ class Policy(nn.Module):
         image_mask = batch.get("image_mask")
         if image_mask is None:
             image_mask = torch.ones(batch["images"].shape[:2], dtype=torch.bool, device=batch["images"].device)
-        inputs = self.backbone.prepare_inputs(
-            batch["images"], image_mask, batch["instruction"], state=state, state_mask=state_mask
-        )
+        if T.TEXT_IDS in batch:  # tokenized already: tensors only, as an exported graph runs it
+            inputs = self.backbone.assemble_inputs(batch["images"], image_mask, batch[T.TEXT_IDS], batch[T.TEXT_MASK])
+        else:
+            inputs = self.backbone.prepare_inputs(
+                batch["images"], image_mask, batch["instruction"], state=state, state_mask=state_mask
+            )
         return inputs, state, state_mask
 
     def _prefix_fn(self, batch: dict) -> tuple[functools.partial, dict]:

@@ -2,6 +2,7 @@
 
     vla serve --checkpoint CKPT --host 0.0.0.0 --port 8000 [--api-key KEY] [--max-batch 8] \\
               [--max-wait-ms 5] [--max-message-mb 64] [--obs-map map.json] [--device cuda]
+    vla serve --onnx DIR ...      (a `vla export --format onnx` folder, run by onnxruntime: same protocol)
 
 Per connection: metadata first (``protocol.py``), then one reply per request. A bad
 request (missing key, wrong shape or dtype, garbage bytes, a message over the cap) gets
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class ServeConfig:
     checkpoint: str = ""  # policy checkpoint directory (Policy.save)
+    onnx: str = ""  # or an ONNX policy directory (vla export --format onnx), run by onnxruntime on the CPU
     host: str = "127.0.0.1"
     port: int = 8000  # 0 picks a free port (tests)
     api_key: str | None = None  # when set, clients must send "Authorization: Api-Key <key>"
@@ -118,18 +120,36 @@ def _worker_init(config: ServeConfig):
         return None
 
 
+def load_onnx_policy(config: ServeConfig):
+    """``--onnx DIR``: the exported policy under onnxruntime (CPU; PyTorch-only options are refused)."""
+    from vla.serve.onnx_runner import OnnxPolicy
+
+    if config.compile:
+        raise ValueError("serve: --compile is torch.compile; an --onnx policy runs in onnxruntime")
+    policy = OnnxPolicy(config.onnx)
+    if config.temporal_ensemble_coeff is not None or config.adaptive_ensemble_alpha is not None:
+        policy.use_ensembling(config.temporal_ensemble_coeff, config.adaptive_ensemble_alpha)
+    return policy
+
+
 class PolicyServer:
     """Owns the policy, the batcher and the websocket handlers; ``serve()`` runs it on the current loop."""
 
     def __init__(self, policy, config: ServeConfig, obs_mapping: ObsMapping | None = None):
-        self.policy = policy.eval()
+        """``policy``: a ``Policy``, or an ``OnnxPolicy`` (vla/serve/onnx_runner.py: the same ``config`` fields and
+        ``predict_chunk``, numpy out, on the CPU)."""
+        torch_policy = isinstance(policy, torch.nn.Module)
+        self.policy = policy.eval() if torch_policy else policy
         self.config = config
-        self.mapping = obs_mapping or ObsMapping.for_checkpoint(config.checkpoint or None, config.obs_map)
-        self.device = next(policy.parameters()).device
+        self.mapping = obs_mapping or ObsMapping.for_checkpoint(
+            config.checkpoint or config.onnx or None, config.obs_map
+        )
+        self.device = next(policy.parameters()).device if torch_policy else torch.device("cpu")
         pc = policy.config
         self.cameras, self.state_dim = list(pc.cameras), int(pc.state_dim)
         # (H, D) the real-time chunking keys are checked against; None: the head cannot use them (refused)
-        self._rtc_chunk = (int(pc.chunk_size), int(pc.action_dim)) if policy.head.supports_rtc else None
+        rtc = getattr(getattr(policy, "head", None), "supports_rtc", False)  # an OnnxPolicy runs no RTC
+        self._rtc_chunk = (int(pc.chunk_size), int(pc.action_dim)) if rtc else None
         self.batcher: DynamicBatcher[CanonicalObs, np.ndarray] = DynamicBatcher(
             self._run_batch, config.max_batch, config.max_wait_ms, key=_batch_key, worker_init=_worker_init(config)
         )
@@ -139,6 +159,8 @@ class PolicyServer:
 
     @classmethod
     def from_checkpoint(cls, config: ServeConfig) -> PolicyServer:
+        if config.onnx:
+            return cls(load_onnx_policy(config), config)
         from vla.models.policy import Policy
 
         policy = Policy.load(config.checkpoint, config.device)
@@ -168,7 +190,9 @@ class PolicyServer:
         if any(o.prev_chunk is not None for o in items):  # real-time chunking: rows without a remainder sample plain
             rtc = {"prev_chunk": [o.prev_chunk for o in items], "inference_delay": [o.inference_delay for o in items]}
         chunk = self.policy.predict_chunk(obs, seed=seed, **rtc)  # (B, H, D) raw units
-        return list(chunk.float().cpu().numpy())  # sync point: once per batch
+        if isinstance(chunk, torch.Tensor):  # an OnnxPolicy answers numpy
+            chunk = chunk.float().cpu().numpy()  # sync point: once per batch
+        return list(chunk)
 
     # ---- protocol ----------------------------------------------------------------------------
     def metadata(self) -> dict:
@@ -185,7 +209,7 @@ class PolicyServer:
             "temporal_ensemble_coeff": pc.temporal_ensemble_coeff,
             "adaptive_ensemble_alpha": pc.adaptive_ensemble_alpha,  # CogACT adaptive ensembling (ExecutorConfig.adaptive_alpha)
             "fps": float(pc.fps),
-            "head": getattr(pc.head, "type", type(pc.head).__name__),
+            "head": pc.head if isinstance(pc.head, str) else getattr(pc.head, "type", type(pc.head).__name__),
             "expected_keys": self.expected_keys(),
             "obs_map": dict(self.mapping.keys),
             "seed": "send an integer 'seed' for a deterministic reply (the request then runs unbatched)",
@@ -438,8 +462,10 @@ def _peer(ws: ServerConnection) -> str:
 
 def serve_checkpoint(config: ServeConfig) -> None:
     """``vla serve``: load the checkpoint, then serve until SIGINT/SIGTERM."""
-    if not config.checkpoint:
-        raise ValueError("serve: --checkpoint is required (a directory written by Policy.save)")
-    if not Path(config.checkpoint).is_dir():
-        raise FileNotFoundError(f"serve: checkpoint {config.checkpoint} is not a directory")
+    if bool(config.checkpoint) == bool(config.onnx):
+        raise ValueError(
+            "serve: give --checkpoint (a directory written by Policy.save) or --onnx (vla export --format onnx)"
+        )
+    if not Path(config.checkpoint or config.onnx).is_dir():
+        raise FileNotFoundError(f"serve: {config.checkpoint or config.onnx} is not a directory")
     PolicyServer.from_checkpoint(config).run()

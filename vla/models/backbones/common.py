@@ -217,29 +217,39 @@ class VLMBackbone(Backbone):
         check_shape("image_mask", image_mask, "B N", B=dims["B"], N=dims["N"])
         if len(instruction) != dims["B"]:
             raise ValueError(f"instruction: expected {dims['B']} strings, got {len(instruction)}")
-        N, device = dims["N"], images.device
+        text_ids, text_mask = self.text_ids(self.prompts(instruction, state, state_mask))
+        device = images.device
+        return self.assemble_inputs(
+            images, image_mask, torch.tensor(text_ids, device=device), torch.tensor(text_mask, device=device)
+        )
+
+    def text_ids(self, prompts: list[str]) -> tuple[list[list[int]], list[list[bool]]]:
+        """Prompts -> token ids and mask, each ``max_text_tokens`` long (the tokenizer's leading ids first)."""
+        text_ids, text_mask = [], []
+        # split_special_tokens: an instruction that spells a special token ("<image>") is read as text; as a
+        # token it would change the number of image placeholders and break the whole batch it is in.
+        tokens = self.tokenizer(prompts, add_special_tokens=False, split_special_tokens=True)
+        for words in tokens["input_ids"]:
+            text = (self.text_prefix_ids + words)[: self.cfg.max_text_tokens]
+            pad = self.cfg.max_text_tokens - len(text)
+            text_ids.append(text + [self.pad_id] * pad)
+            text_mask.append([True] * len(text) + [False] * pad)
+        return text_ids, text_mask
+
+    def assemble_inputs(self, images, image_mask, text_ids, text_mask) -> dict[str, torch.Tensor]:
+        """Tensors only (what an exported graph runs): images (B, N, 3, Hi, Wi) in [0, 1], image_mask (B, N),
+        the text's ids and mask (B, max_text_tokens) -> the model's inputs (pixels, ids, attention mask)."""
+        B, N = image_mask.shape
         image_mask = image_mask.bool()
         images = images * image_mask[:, :, None, None, None].to(images.dtype)  # missing camera -> black image
         flat = rearrange(images, "b n c h w -> (b n) c h w")
         flat = resize_images(flat, self.image_size, self.cfg.image_resize)
         pixels = (flat - self.image_mean.view(1, -1, 1, 1)) / self.image_std.view(1, -1, 1, 1)  # (B*N, 3, S, S)
         inputs = self.pixel_inputs(pixels)
-
-        text_ids, text_mask = [], []
-        # split_special_tokens: an instruction that spells a special token ("<image>") is read as text; as a
-        # token it would change the number of image placeholders and break the whole batch it is in.
-        tokens = self.tokenizer(
-            self.prompts(instruction, state, state_mask), add_special_tokens=False, split_special_tokens=True
-        )
-        for words in tokens["input_ids"]:
-            text = (self.text_prefix_ids + words)[: self.cfg.max_text_tokens]
-            pad = self.cfg.max_text_tokens - len(text)
-            text_ids.append(text + [self.pad_id] * pad)
-            text_mask.append([True] * len(text) + [False] * pad)
-        cam_ids = torch.tensor(self.camera_ids * N, device=device).expand(dims["B"], -1)  # (B, N*C)
+        cam_ids = torch.tensor(self.camera_ids * N, device=images.device).expand(B, -1)  # (B, N*C)
         cam_mask = image_mask.repeat_interleave(len(self.camera_ids), dim=1)  # (B, N*C)
-        inputs["input_ids"] = torch.cat([cam_ids, torch.tensor(text_ids, device=device)], 1)  # (B, T0)
-        inputs["attention_mask"] = torch.cat([cam_mask, torch.tensor(text_mask, device=device)], 1)  # (B, T0)
+        inputs["input_ids"] = torch.cat([cam_ids, text_ids.to(cam_ids.dtype)], 1)  # (B, T0)
+        inputs["attention_mask"] = torch.cat([cam_mask, text_mask.bool()], 1)  # (B, T0)
         return inputs
 
     def prompts(self, instruction: list[str], state=None, state_mask=None) -> list[str]:
