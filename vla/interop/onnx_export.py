@@ -59,7 +59,7 @@ def check_exportable(policy: Policy) -> None:
         raise OnnxExportError(
             f"policy.head.type={head}: not exported to ONNX. Token heads decode through the VLM's KV cache one "
             f"token (or one round of discrete diffusion) at a time, a data-dependent loop the exported runner does "
-            f"not reproduce; export a {', '.join(EXPORTED_HEADS)} policy"
+            "not reproduce; export a flow, diffusion or regression policy"
         )
     if getattr(policy.head, "moh", None) is not None:
         raise OnnxExportError(f"policy.head.moh.horizons: the {head} head's mixture of horizons is not exported")
