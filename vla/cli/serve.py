@@ -3,6 +3,7 @@
     vla serve --checkpoint outputs/run/checkpoints/last --host 0.0.0.0 --port 8000
     vla serve --checkpoint CKPT --port 8000 --api-key SECRET --max-batch 8 --max-wait-ms 5 \\
               --max-message-mb 64 --obs-map libero_keys.json --device cuda --compile true
+    vla serve --onnx DIR --port 8000      a `vla export --format onnx` folder, run by onnxruntime (CPU)
 
 Clients: openpi's ``WebsocketClientPolicy(host, port, api_key)`` unchanged, or
 ``vla.serve.PolicyClient("ws://host:port")``. ``GET /healthz`` answers JSON with batch
