@@ -599,7 +599,10 @@ def merge_dirs(dirs: list[str | Path], out_dir: str | Path | None = None) -> dic
 def _rollout(
     envs, todo: deque, chunker: ChunkSource | None, episode_log, suite: Suite, bar, latency: int = 0, rtc: bool = False
 ) -> None:
-    """Lock-step rounds: start idle envs, collect one reply from each, one batched policy call.
+    """Rounds: start idle envs, collect the replies that are ready (``envs.ready``: an env still resetting does
+    not hold the others back), one batched policy call for those that need a chunk. Every active env always
+    has one message in flight, and a chunk depends only on its own env's observation and seed, so which envs
+    share a batch never changes a result.
 
     Each env plays from its own action queue (new with each episode) through a ``DelayedPlay``: the chunk
     predicted from its observation is merged in ``latency`` steps later, and the actions up to the next
@@ -616,7 +619,7 @@ def _rollout(
                     queues[i] = DelayedPlay(chunker.action_queue(), latency)
                 envs.send(i, "start", active[i])
         waiting: list[tuple[int, NeedsChunk]] = []
-        for i in sorted(active):
+        for i in envs.ready(sorted(active)):
             reply = envs.recv(i)
             if isinstance(reply, EpisodeResult):
                 del active[i]

@@ -17,6 +17,7 @@ simulator and GL context, which neither ``fork`` nor threads allow safely.
 from __future__ import annotations
 
 import multiprocessing as mp
+import multiprocessing.connection
 import re
 import traceback
 from dataclasses import dataclass
@@ -158,6 +159,10 @@ class SerialVectorEnv:
         self._pending = None
         return getattr(self._worker, method)(arg)
 
+    def ready(self, indices: list[int], gather_s: float = 0.0) -> list[int]:
+        """The envs among ``indices`` whose reply can be received now: the one env, run on ``recv``."""
+        return list(indices)
+
     def close(self) -> None:
         self._worker.close()
 
@@ -200,6 +205,15 @@ class ProcessVectorEnv:
 
     def send(self, i: int, method: str, arg: Any) -> None:
         self._conns[i].send((method, arg))
+
+    def ready(self, indices: list[int], gather_s: float = 0.005) -> list[int]:
+        """The envs among ``indices`` with a reply waiting: blocks until at least one has one, then gives the
+        others ``gather_s`` to join (envs stepping in step finish together and share a policy call), so an
+        env that is resetting (seconds on LIBERO) does not hold the others' next chunk back."""
+        by_conn = {self._conns[i]: i for i in indices}
+        first = multiprocessing.connection.wait(list(by_conn))
+        more = multiprocessing.connection.wait([c for c in by_conn if c not in first], timeout=gather_s)
+        return sorted(by_conn[c] for c in [*first, *more])
 
     def recv(self, i: int) -> Reply:
         try:

@@ -381,6 +381,9 @@ class InProcessEnvs:
         method, arg = self._pending.pop(i)
         return getattr(self._workers[i], method)(arg)
 
+    def ready(self, indices):
+        return list(indices)  # run on recv: every env is ready
+
     def close(self) -> None:
         for w in self._workers:
             w.close()
