@@ -87,3 +87,16 @@ def test_head_options_reach_the_head_config_typed_and_checked():
         scale_config(ModelBenchConfig(head="fast", head_options={"decoding": "diffusion"}), torch.float32)
     with pytest.raises(ValueError, match="KEY=VALUE"):
         _head_options(["decoding"])
+
+
+@pytest.mark.sim
+def test_eval_benchmark_compares_equal_work():
+    """`vla bench eval`: the naive loop and the runner play the same episodes to the same length (the bench
+    policy plays the zero action, which never succeeds), and steps per second are reported beside episodes."""
+    from eval.bench import bench_eval
+
+    res = bench_eval("mw-easy", num_envs=2, episodes_per_task=2, tasks="0", max_steps=12, n_action_steps=4)
+    assert res["equal_work"] and res["naive"]["steps"] == 2 * 12
+    for loop in ("naive", "runner_1env", "runner_2env"):
+        assert res[loop]["env_steps_per_s"] > 0 and res[loop]["episodes_per_min"] > 0
+    assert res["speedup_2env_vs_naive"] > 0
