@@ -253,5 +253,9 @@ def masked_mean(err: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     plain mean over the batch: the average of per-rank losses under DDP then equals the
     loss of one process on the whole global batch exactly. A sample of pure padding gives 0.
     """
-    per_sample = (err * weights).flatten(1).sum(1) / weights.flatten(1).sum(1).clamp(min=1.0)  # (B,)
-    return per_sample.mean()
+    return per_sample_mean(err, weights).mean()
+
+
+def per_sample_mean(err: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(B,): each sample's mean of ``err`` over its real (step, dim) entries (0 for pure padding)."""
+    return (err * weights).flatten(1).sum(1) / weights.flatten(1).sum(1).clamp(min=1.0)

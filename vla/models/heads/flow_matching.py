@@ -53,7 +53,14 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from vla import types as T
 from vla.models.compile import mark_step
 from vla.models.heads import rtc
-from vla.models.heads.action_expert import StateToken, action_weights, head_state_dim, masked_mean, prepend_state
+from vla.models.heads.action_expert import (
+    StateToken,
+    action_weights,
+    head_state_dim,
+    masked_mean,
+    per_sample_mean,
+    prepend_state,
+)
 from vla.models.heads.base import Head, HeadConfig
 from vla.models.heads.experts import ExpertConfig, suffix_self_mask
 from vla.models.heads.horizons import (
@@ -291,7 +298,7 @@ class FlowMatchingHead(HorizonsPlanMixin, Head):
             u, dudt, feats = torch.func.jvp(average_velocity, (x_t, t), (v, torch.ones_like(t)), has_aux=True)
         target = (v - (t - r)[:, None, None] * dudt).detach()
         err = (u - target) ** 2
-        per_sample = (err * weights).flatten(1).sum(1) / weights.flatten(1).sum(1).clamp(min=1.0)  # (B,)
+        per_sample = per_sample_mean(err, weights)  # (B,)
         mean_flow = per_sample.mean()
         metrics = {"mean_flow": mean_flow.detach()}
         scale = (per_sample.detach() + 1e-3) ** cfg.mean_flow_adaptive_p  # MeanFlow's adaptive weighting
