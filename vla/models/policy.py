@@ -412,6 +412,11 @@ class Policy(nn.Module):
             adaptive_alpha=self.config.adaptive_ensemble_alpha,
         )
 
+    @property
+    def supports_rtc(self) -> bool:
+        """Whether requests may carry a previous chunk's remainder (real-time chunking): the head decides."""
+        return self.head.supports_rtc
+
     def use_ensembling(self, temporal_coeff: float | None = None, adaptive_alpha: float | None = None) -> None:
         """Play a new chunk every step, blended by ACT's temporal (``temporal_coeff``) or CogACT's adaptive
         (``adaptive_alpha``) ensembling, whatever the checkpoint was trained with: ensembling is a choice of

@@ -63,6 +63,8 @@ class OnnxPolicyConfig:
 class OnnxPolicy:
     """The exported graphs and the numpy around them: ``predict_chunk`` as ``Policy.predict_chunk`` does it."""
 
+    supports_rtc = False  # guided RTC needs a backward pass through the head; the export has none
+
     def __init__(self, directory: str | Path, providers: list[str] | None = None, threads: int | None = None):
         import onnxruntime as ort
 

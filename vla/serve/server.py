@@ -148,8 +148,7 @@ class PolicyServer:
         pc = policy.config
         self.cameras, self.state_dim = list(pc.cameras), int(pc.state_dim)
         # (H, D) the real-time chunking keys are checked against; None: the head cannot use them (refused)
-        rtc = getattr(getattr(policy, "head", None), "supports_rtc", False)  # an OnnxPolicy runs no RTC
-        self._rtc_chunk = (int(pc.chunk_size), int(pc.action_dim)) if rtc else None
+        self._rtc_chunk = (int(pc.chunk_size), int(pc.action_dim)) if policy.supports_rtc else None
         self.batcher: DynamicBatcher[CanonicalObs, np.ndarray] = DynamicBatcher(
             self._run_batch, config.max_batch, config.max_wait_ms, key=_batch_key, worker_init=_worker_init(config)
         )
