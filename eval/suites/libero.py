@@ -58,6 +58,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -257,8 +258,13 @@ class LiberoSuite(Suite):
     scene_seed: int | None = PROTOCOLS["lerobot"][0]
     state_dim: int = 8
     action_dim: int = 7
+    # run before an env is made, in the process making it (env workers too): registers what the scenes need
+    # beyond hf-libero's own objects (a module-level function, so the suite pickles into spawn workers)
+    env_setup: Callable[[], None] | None = None
 
     def make_env(self, task_index: int) -> LiberoEnv:
+        if self.env_setup is not None:
+            self.env_setup()
         return LiberoEnv(
             self.tasks[task_index],
             self.bddl_files[task_index],

