@@ -465,6 +465,7 @@ def serve_checkpoint(config: ServeConfig) -> None:
         raise ValueError(
             "serve: give --checkpoint (a directory written by Policy.save) or --onnx (vla export --format onnx)"
         )
-    if not Path(config.checkpoint or config.onnx).is_dir():
-        raise FileNotFoundError(f"serve: {config.checkpoint or config.onnx} is not a directory")
+    what, path = ("checkpoint", config.checkpoint) if config.checkpoint else ("ONNX export", config.onnx)
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"serve: {what} {path} is not a directory")
     PolicyServer.from_checkpoint(config).run()

@@ -12,7 +12,9 @@ Layout of ``OUT/checkpoints``::
     last -> step_0000500     symlink, replaced atomically
 
 Each checkpoint is built in ``.step_0000500.partial`` and renamed once complete, so a
-crash mid-write never leaves a directory that looks like a checkpoint.
+crash mid-write never leaves a directory that looks like a checkpoint. ``last`` is re-pointed
+after the rename; a run killed between the two resumes from the newest complete ``step_*``
+all the same (``resume`` re-points ``last`` first).
 """
 
 from __future__ import annotations
@@ -112,8 +114,20 @@ class CheckpointManager:
             if old.resolve() != self.last.resolve():
                 shutil.rmtree(old, ignore_errors=True)
 
+    def newest_complete(self) -> Path | None:
+        """The newest ``step_*`` folder (every one is complete: each is renamed into place once written)."""
+        steps = sorted(p for p in self.root.glob("step_*") if (p / TRAINER_STATE).is_file())
+        return steps[-1] if steps else None
+
     def resume(self) -> int:
         """Restore model, optimizer, scheduler, EMA and RNG states; return the step to continue from."""
+        newest = self.newest_complete()
+        stale = newest is not None and (not self.last.exists() or self.last.resolve() != newest.resolve())
+        if stale and self.acc.is_main_process:  # killed between moving a checkpoint into place and re-pointing last
+            log.warning("checkpoints/last did not point to the newest complete checkpoint; now -> %s", newest.name)
+            with atomic_file(self.last) as link:
+                os.symlink(newest.name, link)
+        self.acc.wait_for_everyone()
         if not (self.last / TRAINER_STATE).is_file():
             raise FileNotFoundError(
                 f"nothing to resume: {self.last} has no {TRAINER_STATE}. Drop --resume=true to start a new run "
