@@ -13,3 +13,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def vq():
+    """A small VQ tokenizer fitted on smooth chunks, shared by the tokenizer contract tests and VQ's own."""
+    from test_action_tokenizers import SMALL_VQ, smooth_chunks
+
+    from vla.models.heads.tokenizers import VQTokenizerConfig
+
+    return VQTokenizerConfig(**SMALL_VQ).build().fit(smooth_chunks(400, seed=0))

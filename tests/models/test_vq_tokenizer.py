@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_action_tokenizers import SMALL_VQ, D, H, smooth_chunks
 
 from vla.models.heads.tokenizers import (
     ActionTokenizerConfig,
@@ -18,20 +19,6 @@ from vla.models.heads.tokenizers import (
 )
 from vla.registry import lookup
 
-H, D = 16, 4
-SMALL = {"window": 4, "levels": 4, "codes": 64, "hidden": 64, "fit_steps": 600}  # 4 windows x 4 levels: 16 tokens
-
-
-def smooth_chunks(n: int, seed: int, horizon: int = H, dims: int = D) -> np.ndarray:
-    """(n, H, D) smooth trajectories in [-1, 1]: a sinusoid plus an offset per dim (as for FAST's tests)."""
-    rng = np.random.default_rng(seed)
-    t = np.linspace(0.0, 1.0, horizon)[None, :, None]
-    amp = rng.uniform(-0.6, 0.6, (n, 1, dims))
-    freq = rng.uniform(0.3, 1.5, (n, 1, dims))
-    phase = rng.uniform(0.0, 6.0, (n, 1, dims))
-    offset = rng.uniform(-0.3, 0.3, (n, 1, dims))
-    return np.clip(amp * np.sin(2 * np.pi * freq * t + phase) + offset, -1.0, 1.0)
-
 
 @pytest.fixture(autouse=True)
 def _one_thread():
@@ -39,12 +26,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def vq() -> VQTokenizer:
-    torch.set_num_threads(1)
-    return VQTokenizerConfig(**SMALL).build().fit(smooth_chunks(400, seed=0))
 
 
 def test_registry_lists_vq():
@@ -89,27 +70,9 @@ def test_token_layout_one_range_per_level(vq):
         assert level * 64 <= token < (level + 1) * 64, (i, token)
 
 
-@pytest.mark.parametrize("kind", ["random", "out_of_range", "truncated", "empty", "long"])
-def test_malformed_sequences_decode(kind, vq):
-    rng = np.random.default_rng(2)
-    good = vq.encode(smooth_chunks(1, seed=9)[0])
-    seqs = {
-        "random": rng.integers(0, vq.vocab_size, 37).tolist(),
-        "out_of_range": [-3, vq.vocab_size, 10**9, 5],
-        "truncated": good[: len(good) // 2],
-        "empty": [],
-        "long": good * 20,
-    }
-    out = vq.decode(seqs[kind], H, D)
-    assert out.shape == (H, D) and out.dtype == np.float32
-    assert np.isfinite(out).all()
-    if kind == "long":  # tokens past the chunk's are dropped
-        np.testing.assert_array_equal(out, vq.decode(good, H, D))
-
-
 def test_horizon_must_be_a_multiple_of_the_window(vq):
     with pytest.raises(ValueError, match=r"H=15 is not a multiple of the window W=4"):
-        VQTokenizerConfig(**SMALL).build().fit(smooth_chunks(10, seed=0, horizon=15))
+        VQTokenizerConfig(**SMALL_VQ).build().fit(smooth_chunks(10, seed=0, horizon=15))
     with pytest.raises(ValueError, match=r"H=15 is not a multiple of the window W=4"):
         vq.encode(smooth_chunks(1, seed=0, horizon=15)[0])
     with pytest.raises(ValueError, match=r"H=6 is not a multiple of the window W=4"):
