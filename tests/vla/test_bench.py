@@ -87,6 +87,12 @@ def test_head_options_reach_the_head_config_typed_and_checked():
         scale_config(ModelBenchConfig(head="fast", head_options={"decoding": "diffusion"}), torch.float32)
     with pytest.raises(ValueError, match="KEY=VALUE"):
         _head_options(["decoding"])
+    # a dotted key reaches a nested config (Mixture of Horizons), typed
+    moh = ModelBenchConfig(head="regression", head_options={"moh.horizons": "[5,10]", "moh.consensus": "true"})
+    head = scale_config(moh, torch.float32).head
+    assert head.moh.horizons == [5, 10] and head.moh.consensus is True
+    with pytest.raises(ValueError, match="--head-option moh.horizon: moh has no such option"):
+        scale_config(ModelBenchConfig(head="regression", head_options={"moh.horizon": "[5]"}), torch.float32)
 
 
 @pytest.mark.sim

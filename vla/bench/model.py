@@ -19,6 +19,7 @@ from pathlib import Path
 
 import draccus
 import torch
+import yaml
 
 import vla.models.backbones  # noqa: F401
 import vla.models.heads  # noqa: F401
@@ -83,14 +84,29 @@ def scale_config(cfg: ModelBenchConfig, dtype: torch.dtype) -> PolicyConfig:
     return pcfg
 
 
-def with_head_options(head: HeadConfig, options: dict[str, str]) -> HeadConfig:
-    """``head`` with ``options`` (strings, parsed to each field's type) set; the config's own checks run again."""
+def with_head_options(head: HeadConfig, options: dict[str, str], prefix: str = "") -> HeadConfig:
+    """``head`` with ``options`` (strings, parsed to each field's type) set; the config's own checks run again.
+    A dotted key sets a field of a nested config (``moh.horizons=[5,10]``)."""
+    flat, nested = {}, {}
+    for key, value in options.items():
+        first, dot, rest = key.partition(".")
+        if dot:
+            nested.setdefault(first, {})[rest] = value
+        else:
+            flat[key] = value
     names = {f.name for f in dataclasses.fields(head)}
-    unknown = sorted(set(options) - names)
+    unknown = sorted((set(flat) | set(nested)) - names)
     if unknown:
-        raise ValueError(f"--head-option {unknown[0]}: the {head.type} head has no such option; it has {sorted(names)}")
+        what = f"the {head.type} head" if not prefix else f"{prefix.rstrip('.')}"
+        raise ValueError(f"--head-option {prefix}{unknown[0]}: {what} has no such option; it has {sorted(names)}")
     hints = typing.get_type_hints(type(head))
-    return dataclasses.replace(head, **{k: draccus.decode(hints[k], v) for k, v in options.items()})
+    # YAML first, as a recipe would spell the value: "[5,10]" is a list, "true" a bool, "diffusion" a string
+    changes = {k: draccus.decode(hints[k], yaml.safe_load(v)) for k, v in flat.items()}
+    for key, sub in nested.items():
+        if not dataclasses.is_dataclass(getattr(head, key)):
+            raise ValueError(f"--head-option {prefix}{key}.{next(iter(sub))}: {prefix}{key} is not a nested config")
+        changes[key] = with_head_options(getattr(head, key), sub, f"{prefix}{key}.")
+    return dataclasses.replace(head, **changes)
 
 
 def build_policy(cfg: ModelBenchConfig, device: torch.device) -> Policy:
