@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # (a pyenv shim on PATH may exist but refuse to run when 3.12 is not the selected version).
 PYTHON312 ?= $(shell for p in $$(command -v python3.12 2>/dev/null) $$(ls -1 $$HOME/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null) /usr/local/bin/python3.12 /usr/bin/python3.12; do \
   [ -x "$$p" ] && "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
-APT_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 libglfw3 libosmesa6 ffmpeg
+APT_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 libglfw3 libosmesa6 ffmpeg libmagickwand-6.q16-6
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 # LeRobot's pi0/pi0.5/SmolVLA need transformers 5.5.x, not ours: it lives here, first on PYTHONPATH of the
