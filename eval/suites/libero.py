@@ -48,6 +48,11 @@ as lerobot-eval's first rollout) and our episode 0 in separate processes: identi
 8-dim state and pixel-identical agent-view and wrist images after the settle steps and after 5 actions; and
 the same episode run twice in two processes gives the same image hashes.
 
+**Perturbations beyond files.** A task may carry a :class:`ScenePerturbation` (LIBERO-plus's camera, robot
+initial-state and image-noise families, libero_perturbed.py): extra env arguments (another robot model), an
+edit of the scene rebuilt at every hard reset (a camera pose), and an edit of the rendered images, drawing
+from a generator seeded per episode.
+
 **Renderer settings.** By default LIBERO renders as it did for its datasets
 (shadows and reflections on). ``fast_render=True`` turns them off (render.py) for
 speed, at the cost of images that differ from the public datasets'.
@@ -60,7 +65,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import numpy as np
 
@@ -124,6 +129,20 @@ def libero_state(eef_pos: np.ndarray, eef_quat: np.ndarray, gripper_qpos: np.nda
     )
 
 
+class ScenePerturbation(Protocol):
+    """What a task changes in a LIBERO scene beyond its BDDL file and init states; it is pickled into env
+    workers with the suite, so implementations are module-level dataclasses."""
+
+    def env_kwargs(self) -> dict:
+        """Extra ``OffScreenRenderEnv`` arguments (for example ``robots``)."""
+
+    def edit_scene(self, sim) -> None:
+        """Change the model robosuite has just rebuilt (every hard reset), before the init state is set."""
+
+    def edit_image(self, camera: str, image: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
+        """A robosuite camera's frame (upside down, as rendered) as this perturbation shows it."""
+
+
 class LiberoEnv(SuiteEnv):
     """One LIBERO task in an ``OffScreenRenderEnv``, rendering cameras only on demand (module docstring)."""
 
@@ -137,6 +156,7 @@ class LiberoEnv(SuiteEnv):
         fast_render: bool = False,
         settle_steps: int = SETTLE_STEPS,
         scene_seed: int | None = None,
+        perturbation: ScenePerturbation | None = None,
     ) -> None:
         super().__init__(task)
         self.robosuite_cameras = robosuite_cameras(cameras)  # policy's name -> robosuite camera
@@ -146,6 +166,8 @@ class LiberoEnv(SuiteEnv):
         self.cameras, self.image_size = cameras, image_size
         self.fast_render, self.settle_steps = fast_render, settle_steps
         self.scene_seed = scene_seed  # episode i's scene is seeded scene_seed + i (None: unseeded)
+        self.perturbation = perturbation
+        self._image_rng = np.random.RandomState(0)  # the perturbation's image draws, reseeded per episode
         self._sampled = sorted(set(self.robosuite_cameras.values()))
         self._blank = np.zeros((image_size, image_size, 3), dtype=np.uint8)
         self._render_next = False  # whether the camera sensors render when robosuite next samples them
@@ -156,6 +178,7 @@ class LiberoEnv(SuiteEnv):
             camera_heights=image_size,
             camera_widths=image_size,
             hard_reset=hard_reset,
+            **(perturbation.env_kwargs() if perturbation is not None else {}),
         )
         self._install_camera_sensors()
         self._raw: dict | None = None  # robosuite's last observation
@@ -195,6 +218,9 @@ class LiberoEnv(SuiteEnv):
             self._env.seed(self.scene_seed + episode_index)
         self._env.reset()  # hard reset rebuilds the sim (and its render context)
         self._install_camera_sensors()
+        if self.perturbation is not None:
+            self.perturbation.edit_scene(self._env.sim)
+            self._image_rng.seed((self.scene_seed or 0) + episode_index)
         with self._rendering(self.settle_steps == 0):
             self._raw = self._env.set_init_state(self.task.init_states[episode_index])
         for i in range(self.settle_steps):
@@ -230,11 +256,16 @@ class LiberoEnv(SuiteEnv):
             )
         raw = self._raw
         images = {
-            name: np.ascontiguousarray(raw[f"{camera}_image"][::-1, ::-1])
+            name: np.ascontiguousarray(self._perturbed(camera, raw[f"{camera}_image"])[::-1, ::-1])
             for name, camera in self.robosuite_cameras.items()
         }
         state = libero_state(raw["robot0_eef_pos"], raw["robot0_eef_quat"], raw["robot0_gripper_qpos"])
         return {"images": images, "state": state, "instruction": self.task.instruction}  # (Hi, Wi, 3), (8,)
+
+    def _perturbed(self, camera: str, frame: np.ndarray) -> np.ndarray:
+        if self.perturbation is None:
+            return frame
+        return self.perturbation.edit_image(camera, frame, self._image_rng)
 
     def raw_obs(self) -> dict:
         """robosuite's last observation dict (for tests and debugging)."""
@@ -259,8 +290,9 @@ class LiberoSuite(Suite):
     state_dim: int = 8
     action_dim: int = 7
     # run before an env is made, in the process making it (env workers too): registers what the scenes need
-    # beyond hf-libero's own objects (a module-level function, so the suite pickles into spawn workers)
+    # beyond hf-libero's own objects and robots (a module-level function, so the suite pickles into spawn workers)
     env_setup: Callable[[], None] | None = None
+    perturbations: list[ScenePerturbation | None] | None = None  # per task (None: no task has one)
 
     def make_env(self, task_index: int) -> LiberoEnv:
         if self.env_setup is not None:
@@ -273,6 +305,7 @@ class LiberoSuite(Suite):
             hard_reset=self.hard_reset,
             fast_render=self.fast_render,
             scene_seed=self.scene_seed,
+            perturbation=self.perturbations[task_index] if self.perturbations else None,
         )
 
 
@@ -313,6 +346,7 @@ class LiberoSuiteConfig(SuiteConfig):
             fast_render=self.fast_render,
             protocol=self.protocol,
             scene_seed=scene_seed,
+            perturbations=[sources[i].perturbation for i in ids] if any(s.perturbation for s in sources) else None,
         )
 
     def _task(self, source: LiberoTaskSource, max_steps: int) -> Task:
@@ -337,6 +371,7 @@ class LiberoTaskSource:
     bddl_file: str
     init_states_file: str
     instruction: str | None = None  # None: the BDDL file's own ``(:language ...)``
+    perturbation: ScenePerturbation | None = None  # what changes beyond the files (LIBERO-plus camera, robot, noise)
 
 
 def official_task_sources(suite: str) -> list[LiberoTaskSource]:

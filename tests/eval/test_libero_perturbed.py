@@ -3,15 +3,18 @@ a random-policy smoke run of each family on the real simulator."""
 
 from __future__ import annotations
 
+import ast
 import collections
 import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.spatial.transform import Rotation
 
 from eval.runner import EvalConfig, evaluate
 from eval.suites import get_suite, suite_names
@@ -19,7 +22,16 @@ from eval.suites import libero_perturbed as lp
 from eval.suites.libero import bddl_instruction
 from eval.suites.libero_setup import ensure_libero
 
-FAMILIES = ("liberoplus_language", "liberopro_language", "liberopro_task", "liberopro_position", "liberopro_object")
+FAMILIES = (
+    "liberoplus_language",
+    "liberoplus_camera",
+    "liberoplus_robot_init",
+    "liberoplus_noise",
+    "liberopro_language",
+    "liberopro_task",
+    "liberopro_position",
+    "liberopro_object",
+)
 # liberopro_object tasks that together hold every object of lp.LIBERO_PRO_OBJECTS
 OBJECT_COVER = (0, 12, 13, 14, 17, 18, 21, 22, 29, 30, 31, 32)
 
@@ -170,3 +182,144 @@ def test_liberopro_object_scenes_equal_liberopro_own_env(tmp_path):
         ours, pro = (dict(np.load(tmp_path / m / f"{i}.npz")) for m in ("ours", "pro"))
         for key in ("state", "model", "bodies", "image", "props"):
             assert np.array_equal(ours[key], pro[key]), (i, suite.tasks[i].name, key)
+
+
+def _liberoplus_source(relative: str, names: set[str], namespace: dict) -> dict:
+    """LIBERO-plus's own definitions ``names`` (functions, classes, methods of classes), executed from its
+    source file without importing its package (whose ``__init__`` pulls gym and writes files)."""
+    tree = ast.parse((lp.liberoplus_root() / relative).read_text())
+    nodes = []
+    for node in tree.body:
+        if getattr(node, "name", None) in names:
+            nodes.append(node)
+        elif isinstance(node, ast.ClassDef):
+            nodes += [f for f in node.body if getattr(f, "name", None) in names]
+    exec(compile(ast.Module(nodes, type_ignores=[]), relative, "exec"), namespace)
+    return namespace
+
+
+def _liberoplus_setup_camera(view: tuple[int, ...], pos, quat) -> tuple[np.ndarray, np.ndarray]:
+    """The agent-view pose LIBERO-plus's own ``_setup_camera`` (tabletop problem class) writes for ``view``,
+    with the base pose replaced by ``pos``/``quat``; views are strings there, as its env parses them."""
+    ns = _liberoplus_source(
+        "envs/problems/libero_tabletop_manipulation.py",
+        {"scale_distance_from_pivot", "rotate_around_y", "rotate_around_z", "_setup_camera"},
+        {"np": np, "Rotation": Rotation},
+    )
+    h, v, s, r, e = (str(x) for x in view)
+    me = types.SimpleNamespace(
+        horizon_view=h, vertical_view=v, scale_factor=int(s) / 100, end_point_rot=r, end_point_vertical=e
+    )
+    calls = {}
+
+    class Arena:
+        def set_camera(self, camera_name, pos, quat):
+            calls[camera_name] = (np.array(pos, dtype=np.float64), np.array(quat, dtype=np.float64))
+
+    ns["_setup_camera"](me, Arena())
+    return calls["agentview"]
+
+
+# LIBERO's tabletop agent view (hf-libero's and LIBERO-plus's problem files agree)
+TABLETOP_VIEW = (
+    [0.6586131746834771, 0.0, 1.6103500240372423],
+    [0.6380177736282349, 0.3048497438430786, 0.30484986305236816, 0.6380177736282349],
+)
+
+
+def test_liberoplus_camera_pose_equals_liberoplus_own_setup_camera():
+    """Every distinct camera view of LIBERO-plus's camera family (orbits about y and z, distances, view turns):
+    our pose equals the one LIBERO-plus's own ``_setup_camera`` computes, to the last digit it rounds to."""
+    task_map = lp.liberoplus_task_map(lp.liberoplus_root())
+    views = sorted(
+        {
+            lp.parse_liberoplus_task(t)[1].view
+            for b in lp.BASE_SUITES
+            for t in task_map[b]
+            if lp.liberoplus_family(t) == "camera"
+        }
+    )
+    assert len(views) > 400 and any(v[1] for v in views) and any(v[2] != 100 for v in views)
+    for view in views[:: max(1, len(views) // 60)] + [views[-1]]:
+        theirs = _liberoplus_setup_camera(view, *TABLETOP_VIEW)
+        ours = lp.liberoplus_camera_pose(*TABLETOP_VIEW, view)
+        np.testing.assert_allclose(ours[0], theirs[0], rtol=0, atol=1e-12, err_msg=str(view))
+        np.testing.assert_allclose(ours[1], theirs[1], rtol=0, atol=1e-12, err_msg=str(view))
+
+
+def test_robot_variants_are_liberoplus_own_init_qpos():
+    """The 500 initial joint configurations we read from LIBERO-plus's source are the ones its own robot classes
+    return (both the mounted and the on-the-ground Panda); index 0 is LIBERO's own robot."""
+    table = lp.liberoplus_robot_qpos()
+    assert sorted(table) == list(range(1, 501))
+    for relative, prefix in (
+        ("envs/robots/mounted_panda.py", "MountedPanda"),
+        ("envs/robots/on_the_ground_panda.py", "OnTheGroundPanda"),
+    ):
+        names = {f"{prefix}{k}" for k in table}
+        ns = _liberoplus_source(relative, names, {"np": np, prefix: type(prefix, (), {})})
+        for k, qpos in table.items():
+            np.testing.assert_array_equal(ns[f"{prefix}{k}"]().init_qpos, qpos, err_msg=f"{prefix}{k}")
+    assert lp.parse_liberoplus_task("x_view_0_0_100_0_0_initstate_139")[1].env_kwargs() == {"robots": ["Panda139"]}
+    assert lp.parse_liberoplus_task("x_view_0_0_100_0_0_initstate_0")[1].env_kwargs() == {}
+
+
+def _first_observation(suite_name: str, task_id: int) -> tuple[dict, object]:
+    """Episode 0's first observation (after the settle steps) of a suite's task, and its env."""
+    kwargs = {"base_suites": ["libero_spatial"]} if suite_name.startswith("liberoplus") else {}
+    env = get_suite(suite_name, task_ids=[task_id], episodes=1, image_size=64, **kwargs).make_env(0)
+    return env.reset(0), env
+
+
+@pytest.mark.sim
+@pytest.mark.slow
+def test_camera_robot_and_noise_perturbations_change_only_what_they_name():
+    """A libero_spatial scene under a camera view (the camera orbited about z and y) and under robot
+    variant K, against the official scene from the same init state and scene seed: the camera family moves the
+    agent view to LIBERO-plus's pose (its own ``_setup_camera``) and changes its image, not the wrist view or
+    the state; the robot family builds LIBERO-plus's Panda K, whose controller holds K's joint configuration as
+    its nullspace target, and the arm's joints drift from the official run's; the noise family corrupts the agent
+    view only, the same way when the episode is played again."""
+    suite = get_suite("liberoplus_camera", base_suites=["libero_spatial"], episodes=1)
+    index = next(i for i, p in enumerate(suite.perturbations) if p.view[0] and p.view[1])  # orbited about z and y
+    scene = Path(suite.bddl_files[index]).stem
+    official = [Path(f).stem for f in get_suite("libero_spatial", episodes=1).bddl_files].index(scene)
+    base, base_env = _first_observation("libero_spatial", official)
+    moved, env = _first_observation("liberoplus_camera", index)
+    sim = env._env.sim
+    camera = sim.model.camera_name2id("agentview")
+    theirs = _liberoplus_setup_camera(suite.perturbations[index].view, *TABLETOP_VIEW)
+    np.testing.assert_allclose(sim.model.cam_pos[camera], theirs[0], atol=1e-12)
+    q = theirs[1] / np.linalg.norm(theirs[1])
+    assert min(np.abs(sim.model.cam_quat[camera] - q).max(), np.abs(sim.model.cam_quat[camera] + q).max()) < 1e-6
+    assert np.array_equal(moved["state"], base["state"]) and np.array_equal(
+        moved["images"]["wrist"], base["images"]["wrist"]
+    )
+    assert np.abs(moved["images"]["image"].astype(int) - base["images"]["image"]).mean() > 5
+
+    robots = get_suite("liberoplus_robot_init", base_suites=["libero_spatial"], episodes=1)
+    r_index = next(i for i, f in enumerate(robots.bddl_files) if Path(f).stem == scene)
+    k = robots.perturbations[r_index].robot
+    _, r_env = _first_observation("liberoplus_robot_init", r_index)
+    robot = r_env._env.env.robots[0]
+    assert type(robot.robot_model).__name__ == f"MountedPanda{k}"
+    np.testing.assert_array_equal(robot.controller.initial_joint, lp.liberoplus_robot_qpos()[k])
+    joints = robot._ref_joint_pos_indexes
+    for _ in range(20):
+        r_env.step(np.zeros(7), render=False)
+        base_env.step(np.zeros(7), render=False)
+    assert np.abs(r_env._env.sim.data.qpos[joints] - base_env._env.sim.data.qpos[joints]).max() > 1e-3
+
+    noisy = get_suite("liberoplus_noise", base_suites=["libero_spatial"], episodes=1)
+    n_index = next(  # a kind that draws random numbers: motion blur (1-10) or fog (31-40)
+        i
+        for i, (f, p) in enumerate(zip(noisy.bddl_files, noisy.perturbations, strict=True))
+        if Path(f).stem == scene and (p.noise <= 10 or 31 <= p.noise <= 40)
+    )
+    first, n_env = _first_observation("liberoplus_noise", n_index)
+    again = n_env.reset(0)
+    assert np.array_equal(first["state"], base["state"]) and np.array_equal(
+        first["images"]["wrist"], base["images"]["wrist"]
+    )
+    assert np.abs(first["images"]["image"].astype(int) - base["images"]["image"]).mean() > 1
+    assert np.array_equal(again["images"]["image"], first["images"]["image"])  # drawn from the episode's seed
