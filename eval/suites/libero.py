@@ -48,6 +48,13 @@ as lerobot-eval's first rollout) and our episode 0 in separate processes: identi
 8-dim state and pixel-identical agent-view and wrist images after the settle steps and after 5 actions; and
 the same episode run twice in two processes gives the same image hashes.
 
+**Compiled scenes reused, exactly.** A hard reset rebuilds the scene's objects and XML and compiles it into a
+new sim with a new render context (about 2.5 of a reset's 3 s here, most of a short episode's time), then
+places objects and fixtures from the seeded np.random (fixtures by writing the compiled model). The XML is the
+same for every seed, so ``reuse_scenes`` (default on) keeps the compiled sim (:class:`CompiledScenes`): model
+arrays written back as compiled, a new MjData, the rest of the hard reset as before. Episodes are bit-identical
+to a new compile's (state and images; tests/eval/test_libero_env.py).
+
 **Perturbations beyond files.** A task may carry a :class:`ScenePerturbation` (LIBERO-plus's camera, robot
 initial-state and image-noise families, libero_perturbed.py): extra env arguments (another robot model), an
 edit of the scene rebuilt at every hard reset (a camera pose), and an edit of the rendered images, drawing
@@ -157,6 +164,7 @@ class LiberoEnv(SuiteEnv):
         settle_steps: int = SETTLE_STEPS,
         scene_seed: int | None = None,
         perturbation: ScenePerturbation | None = None,
+        reuse_scenes: bool = True,
     ) -> None:
         super().__init__(task)
         self.robosuite_cameras = robosuite_cameras(cameras)  # policy's name -> robosuite camera
@@ -181,6 +189,7 @@ class LiberoEnv(SuiteEnv):
             **(perturbation.env_kwargs() if perturbation is not None else {}),
         )
         self._install_camera_sensors()
+        self.scenes = CompiledScenes(self._env.env) if reuse_scenes else None
         self._raw: dict | None = None  # robosuite's last observation
         self._has_images = False  # whether _raw's images were rendered
 
@@ -216,7 +225,7 @@ class LiberoEnv(SuiteEnv):
         self._check_episode_index(episode_index)
         if self.scene_seed is not None:  # as LeRobot's LiberoEnv.reset(seed): np.random.seed before the reset
             self._env.seed(self.scene_seed + episode_index)
-        self._env.reset()  # hard reset rebuilds the sim (and its render context)
+        self._env.reset()  # a hard reset rebuilds the scene (compiled anew only when it changed: CompiledScenes)
         self._install_camera_sensors()
         if self.perturbation is not None:
             self.perturbation.edit_scene(self._env.sim)
@@ -274,6 +283,93 @@ class LiberoEnv(SuiteEnv):
     def close(self) -> None:
         if getattr(self._env, "env", None) is not None:
             self._env.close()
+        if self.scenes is not None:
+            self.scenes.release()
+
+
+# model arrays read from asset files (meshes, textures) and derived from them (bounding volumes): the same in
+# every build of a scene, and most of its bytes (about 270 MB for a LIBERO scene), so not compared
+ASSET_ARRAYS = ("mesh_", "tex_", "bvh_", "skin_", "hfield_", "flex_")
+
+
+class CompiledScenes:
+    """A robosuite env's hard resets, keeping the compiled scene when LIBERO rebuilds the same one.
+
+    A hard reset frees the sim, rebuilds the scene (objects and robot as Python objects, and the XML), compiles
+    the XML into a new sim with a new render context, then places objects and fixtures (fixtures by writing
+    ``model.body_pos``). Here the old sim is parked instead of freed; when the rebuilt XML is the one it was
+    compiled from, it is kept: its model arrays written back as compiled (fixture placements, a stove lit up, a
+    camera moved by a perturbation), a new MjData, and the forward calls a new sim gets (the solver's warm start
+    remembers them). Everything else in the hard reset runs as before, random draws included.
+    """
+
+    def __init__(self, env) -> None:
+        self.env = env
+        self._free, self._compile = env._destroy_sim, env._initialize_sim
+        env._destroy_sim, env._initialize_sim = self._park, self._initialize
+        self.xml, self.arrays = env.model.get_xml(), model_arrays(env.sim)  # the scene built at construction
+        self.parked = None
+        self.reused = 0
+
+    def _park(self) -> None:
+        if self.env.sim is not None:
+            self.parked, self.env.sim = self.env.sim, None
+
+    def _initialize(self, xml_string: str | None = None) -> None:
+        parked, self.parked = self.parked, None
+        xml = self.env.model.get_xml() if xml_string is None else None
+        if parked is not None and xml == self.xml:
+            self.env.sim = parked
+            restore_arrays(parked, self.arrays)  # undo what resets and episodes wrote into the model
+            fresh_data(parked)
+            parked.forward()
+            if parked._render_context_offscreen is not None:  # a new sim's render context runs one more forward
+                parked.forward()  # (robosuite's MjRenderContext.__init__), which the solver's warm start remembers
+            self.env.initialize_time(self.env.control_freq)  # what robosuite's _initialize_sim does after compiling
+            self.reused += 1
+            return
+        if parked is not None:
+            parked.free()
+        self._compile(xml_string)
+        self.xml, self.arrays = xml, model_arrays(self.env.sim)
+
+    def release(self) -> None:
+        """Free a sim parked by the env's close (``_destroy_sim``)."""
+        self._park()
+        if self.parked is not None:
+            self.parked.free()
+            self.parked = None
+
+
+def model_arrays(sim) -> dict[str, np.ndarray]:
+    """The arrays of a sim's MuJoCo model a scene build decides (positions, orientations, sizes, colours of
+    bodies, geoms, sites, cameras, lights, joints ...), copied; asset payloads excepted (:data:`ASSET_ARRAYS`)."""
+    model = sim.model._model
+    arrays = {}
+    for name in dir(model):
+        if name.startswith("_") or name.startswith(ASSET_ARRAYS):
+            continue
+        value = getattr(model, name)
+        if isinstance(value, np.ndarray):
+            arrays[name] = value.copy()
+    return arrays
+
+
+def fresh_data(sim) -> None:
+    """A new MjData for the sim (and its render context): ``mj_resetData`` keeps some solver memory of the last
+    step, which a fresh sim does not have (its episodes then differ from a new compile's in the 15th digit)."""
+    from robosuite.utils.binding_utils import MjData
+
+    sim.data = MjData(sim.model)
+    if sim._render_context_offscreen is not None:
+        sim._render_context_offscreen.data = sim.data
+
+
+def restore_arrays(sim, arrays: dict[str, np.ndarray]) -> None:
+    """Write :func:`model_arrays` back into the sim's model: the model as it was compiled."""
+    model = sim.model._model
+    for name, value in arrays.items():
+        getattr(model, name)[...] = value
 
 
 @dataclass
@@ -293,6 +389,7 @@ class LiberoSuite(Suite):
     # beyond hf-libero's own objects and robots (a module-level function, so the suite pickles into spawn workers)
     env_setup: Callable[[], None] | None = None
     perturbations: list[ScenePerturbation | None] | None = None  # per task (None: no task has one)
+    reuse_scenes: bool = True
 
     def make_env(self, task_index: int) -> LiberoEnv:
         if self.env_setup is not None:
@@ -306,6 +403,7 @@ class LiberoSuite(Suite):
             fast_render=self.fast_render,
             scene_seed=self.scene_seed,
             perturbation=self.perturbations[task_index] if self.perturbations else None,
+            reuse_scenes=self.reuse_scenes,
         )
 
 
@@ -317,6 +415,7 @@ class LiberoSuiteConfig(SuiteConfig):
     episodes: int | None = None  # use only the first N official init states per task
     task_ids: list[int] = field(default_factory=list)  # restrict to these task indices (default: all)
     hard_reset: bool = True  # rebuild the sim on reset, as LIBERO's and LeRobot's evaluations do
+    reuse_scenes: bool = True  # keep the compiled scene when a hard reset rebuilds the same one (exact)
     fast_render: bool = False  # shadows/reflections off: faster, but unlike the public datasets
     protocol: str = "lerobot"  # lerobot | openpi: scene seeds and step limits (PROTOCOLS)
 
@@ -347,6 +446,7 @@ class LiberoSuiteConfig(SuiteConfig):
             protocol=self.protocol,
             scene_seed=scene_seed,
             perturbations=[sources[i].perturbation for i in ids] if any(s.perturbation for s in sources) else None,
+            reuse_scenes=self.reuse_scenes,
         )
 
     def _task(self, source: LiberoTaskSource, max_steps: int) -> Task:

@@ -312,3 +312,32 @@ def test_policy_trained_on_lerobot_libero_keys_evaluates_on_libero(tmp_path, wri
     assert res["protocol"]["cameras"] == ["image", "image2"] and res["protocol"]["image_size"] == 32
     with pytest.raises(KeyError, match=r"unknown LIBERO camera\(s\) \['eye'\].*image2.*wrist_image"):
         get_suite("libero_spatial", task_ids=[0], episodes=1, cameras=("eye",)).make_env(0)
+
+
+@pytest.mark.sim
+@pytest.mark.slow
+@pytest.mark.parametrize("suite_name", ["libero_spatial", "libero_object"])
+def test_reused_compiled_scenes_play_the_episodes_of_a_new_compile(suite_name):
+    """``reuse_scenes`` keeps the compiled sim across hard resets (lib.CompiledScenes); an env that reused it for
+    every episode and one that compiled every scene anew play episodes 1-3 (after actions that dirtied the
+    model's fixtures and the solver's warm start) identically: MuJoCo state, model arrays and both cameras'
+    pixels, after the settle steps and after 5 actions. libero_spatial's fixtures move with the seed (the model
+    differs between episodes); libero_object's scenes hold more contacts."""
+    make = lambda reuse: get_suite(suite_name, task_ids=[0], episodes=4, image_size=64, reuse_scenes=reuse).make_env(0)  # noqa: E731
+    reused, fresh = make(True), make(False)
+    action = np.array([0.4, -0.3, 0.2, 0.0, 0.0, 0.1, 1.0])
+    fixtures = []
+    for episode in (1, 2, 3):
+        observations = [env.reset(episode) for env in (reused, fresh)]
+        for step in range(6):
+            a, b = (env._env.sim for env in (reused, fresh))
+            np.testing.assert_array_equal(a.get_state().flatten(), b.get_state().flatten(), err_msg=f"{episode}/{step}")
+            model_a, model_b = lib.model_arrays(a), lib.model_arrays(b)
+            assert all(np.array_equal(model_a[k], model_b[k], equal_nan=True) for k in model_a), (episode, step)
+            for camera in ("image", "wrist"):
+                np.testing.assert_array_equal(observations[0]["images"][camera], observations[1]["images"][camera])
+            observations = [env.step(action).obs for env in (reused, fresh)]
+        fixtures.append(lib.model_arrays(a)["body_pos"])
+    assert reused.scenes.reused == 3 and fresh.scenes is None  # every reset kept the compiled sim
+    moved = not all(np.array_equal(fixtures[0], f) for f in fixtures[1:])
+    assert moved == (suite_name == "libero_spatial")  # the seeds placed libero_spatial's fixtures elsewhere
