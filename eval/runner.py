@@ -599,10 +599,10 @@ def merge_dirs(dirs: list[str | Path], out_dir: str | Path | None = None) -> dic
 def _rollout(
     envs, todo: deque, chunker: ChunkSource | None, episode_log, suite: Suite, bar, latency: int = 0, rtc: bool = False
 ) -> None:
-    """Rounds: start idle envs, collect the replies that are ready (``envs.ready``: an env still resetting does
-    not hold the others back), one batched policy call for those that need a chunk. Every active env always
-    has one message in flight, and a chunk depends only on its own env's observation and seed, so which envs
-    share a batch never changes a result.
+    """Rounds: start idle envs, collect the replies of every env that is stepping and of those resetting that are
+    done (``envs.ready``: a reset does not hold the others back), one batched policy call for those that need
+    a chunk. Every active env always has one message in flight, and a chunk depends only on its own env's
+    observation and seed, so which envs share a batch never changes a result.
 
     Each env plays from its own action queue (new with each episode) through a ``DelayedPlay``: the chunk
     predicted from its observation is merged in ``latency`` steps later, and the actions up to the next
@@ -610,6 +610,7 @@ def _rollout(
     latency."""
     active: dict[int, EpisodeSpec] = {}
     queues: dict[int, DelayedPlay] = {}
+    resetting: set[int] = set()  # envs sent an episode start whose first observation has not come back
     n_ok = sum(bool(r["success"]) for r in episode_log.records.values())
     while todo or active:
         for i in range(envs.num_envs):
@@ -618,8 +619,10 @@ def _rollout(
                 if chunker is not None:
                     queues[i] = DelayedPlay(chunker.action_queue(), latency)
                 envs.send(i, "start", active[i])
+                resetting.add(i)
         waiting: list[tuple[int, NeedsChunk]] = []
-        for i in envs.ready(sorted(active)):
+        for i in envs.ready(sorted(active), wait_for=sorted(set(active) - resetting)):
+            resetting.discard(i)
             reply = envs.recv(i)
             if isinstance(reply, EpisodeResult):
                 del active[i]

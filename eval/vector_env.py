@@ -159,7 +159,7 @@ class SerialVectorEnv:
         self._pending = None
         return getattr(self._worker, method)(arg)
 
-    def ready(self, indices: list[int], gather_s: float = 0.0) -> list[int]:
+    def ready(self, indices: list[int], wait_for: list[int] = ()) -> list[int]:
         """The envs among ``indices`` whose reply can be received now: the one env, run on ``recv``."""
         return list(indices)
 
@@ -206,14 +206,17 @@ class ProcessVectorEnv:
     def send(self, i: int, method: str, arg: Any) -> None:
         self._conns[i].send((method, arg))
 
-    def ready(self, indices: list[int], gather_s: float = 0.005) -> list[int]:
-        """The envs among ``indices`` with a reply waiting: blocks until at least one has one, then gives the
-        others ``gather_s`` to join (envs stepping in step finish together and share a policy call), so an
-        env that is resetting (seconds on LIBERO) does not hold the others' next chunk back."""
+    def ready(self, indices: list[int], wait_for: list[int] = ()) -> list[int]:
+        """The envs among ``indices`` with a reply waiting, after every env of ``wait_for`` has one (or, with
+        none to wait for, any env): the runner waits for the envs that are stepping, so they share one policy
+        call, and takes the envs that are resetting (seconds on LIBERO) only once they are done, so a reset
+        never holds the others' next chunk back."""
         by_conn = {self._conns[i]: i for i in indices}
-        first = multiprocessing.connection.wait(list(by_conn))
-        more = multiprocessing.connection.wait([c for c in by_conn if c not in first], timeout=gather_s)
-        return sorted(by_conn[c] for c in [*first, *more])
+        for i in wait_for:
+            multiprocessing.connection.wait([self._conns[i]])
+        if not wait_for:
+            multiprocessing.connection.wait(list(by_conn))
+        return sorted(by_conn[c] for c in multiprocessing.connection.wait(list(by_conn), timeout=0))
 
     def recv(self, i: int) -> Reply:
         try:

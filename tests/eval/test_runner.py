@@ -381,7 +381,7 @@ class InProcessEnvs:
         method, arg = self._pending.pop(i)
         return getattr(self._workers[i], method)(arg)
 
-    def ready(self, indices):
+    def ready(self, indices, wait_for=()):
         return list(indices)  # run on recv: every env is ready
 
     def close(self) -> None:
@@ -457,3 +457,25 @@ def test_shards_merge_into_the_unsharded_evaluation(tmp_path):
     assert _strip(merged) == _strip(whole) == _read(tmp_path / "sharded")
     with pytest.raises(ValueError, match="shards 0..1 of one run"):
         merge_shards(tmp_path / "sharded", [shares[0], shares[0]])
+
+
+def test_rounds_wait_for_stepping_envs_and_never_for_a_reset():
+    """ProcessVectorEnv.ready: every env that is stepping is waited for (they share one policy call), an env
+    still resetting is left out until its reply is there, and with none stepping any one reply ends the wait."""
+    import multiprocessing
+    import threading
+
+    from eval.vector_env import ProcessVectorEnv
+
+    pipes = [multiprocessing.Pipe() for _ in range(3)]
+    envs = ProcessVectorEnv.__new__(ProcessVectorEnv)  # only the pipes: no env processes
+    envs._conns = [ours for ours, _ in pipes]
+    pipes[0][1].send("step reply")
+    late = threading.Timer(0.2, lambda: pipes[1][1].send("late step reply"))
+    late.start()
+    assert envs.ready([0, 1, 2], wait_for=[0, 1]) == [0, 1]  # env 2 (resetting) does not hold the round
+    late.join()
+    for ours, _ in pipes[:2]:
+        ours.recv()
+    pipes[2][1].send("reset done")
+    assert envs.ready([0, 1, 2], wait_for=[]) == [2]
