@@ -47,6 +47,7 @@ import ast
 import functools
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -122,6 +123,13 @@ class LiberoPerturbedConfig(LiberoSuiteConfig):
     """A perturbation family over some of the official suites (``base_suites``, default all four)."""
 
     base_suites: list[str] = field(default_factory=lambda: list(BASE_SUITES))
+    # what the family's scenes need registered in every process making an env (objects, robots), or None
+    scene_setup: ClassVar[Callable[[], None] | None] = None
+
+    def build(self) -> LiberoSuite:
+        suite = super().build()
+        suite.env_setup = self.scene_setup
+        return suite
 
     def _check_base_suites(self) -> None:
         bad = [s for s in self.base_suites if s not in BASE_SUITES]
@@ -279,11 +287,6 @@ class LiberoPlusConfig(LiberoPerturbedConfig):
                 )
         return sources
 
-    def build(self) -> LiberoSuite:
-        suite = super().build()
-        suite.env_setup = register_liberoplus_robots if self.family == "robot_init" else None
-        return suite
-
 
 @SuiteConfig.register_subclass("liberoplus_language")
 @dataclass
@@ -310,6 +313,7 @@ class LiberoPlusRobotInitConfig(LiberoPlusConfig):
 
     suite: ClassVar[str] = "liberoplus_robot_init"
     family: ClassVar[str] = "robot_init"
+    scene_setup = staticmethod(register_liberoplus_robots)
 
 
 @SuiteConfig.register_subclass("liberoplus_noise")
@@ -427,8 +431,4 @@ def register_liberopro_objects() -> None:
 class LiberoProObjectConfig(LiberoProConfig):
     suite: ClassVar[str] = "liberopro_object"
     folder: ClassVar[str] = "object"
-
-    def build(self) -> LiberoSuite:
-        suite = super().build()
-        suite.env_setup = register_liberopro_objects
-        return suite
+    scene_setup = staticmethod(register_liberopro_objects)
