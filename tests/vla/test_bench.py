@@ -106,3 +106,14 @@ def test_eval_benchmark_compares_equal_work():
     for loop in ("naive", "runner_1env", "runner_2env"):
         assert res[loop]["env_steps_per_s"] > 0 and res[loop]["episodes_per_min"] > 0
     assert res["speedup_2env_vs_naive"] > 0
+
+
+@pytest.mark.parametrize("head", ["fast", "vq"])
+def test_token_heads_that_learn_their_vocabulary_are_benchmarked(head):
+    """FAST and VQ are fitted on the benchmark's own chunks before timing (they refused to run unfitted)."""
+    cfg = ModelBenchConfig(
+        scale="tiny", head=head, batch_sizes=[2], steps=1, warmup=1, infer_iters=1, chunk=10, image_size=32
+    )
+    (train,) = bench_train(cfg)
+    assert train["head"] == head and train["samples_per_s"] > 0
+    assert bench_infer(cfg)["p50_ms"] > 0

@@ -123,6 +123,7 @@ def build_policy(cfg: ModelBenchConfig, device: torch.device) -> Policy:
             policy = Policy(scale_config(cfg, dtype))
     pc = policy.config
     cfg.cameras, cfg.state_dim, cfg.action_dim, cfg.chunk = len(pc.cameras), pc.state_dim, pc.action_dim, pc.chunk_size
+    fit_tokenizer_on_benchmark_chunks(policy, cfg)
     cfg.image_size = policy.backbone.image_size
     policy = policy.to(device=device, dtype=dtype)
     if cfg.quantize:  # after the cast, so the quantized layers compute in the benchmark's dtype
@@ -130,6 +131,18 @@ def build_policy(cfg: ModelBenchConfig, device: torch.device) -> Policy:
 
         quantize_policy(policy, QuantizeConfig(scheme=scheme(cfg.quantize)))
     return policy
+
+
+def fit_tokenizer_on_benchmark_chunks(policy: Policy, cfg: ModelBenchConfig) -> None:
+    """FAST and VQ learn their vocabulary from data, which a random-weight benchmark has none of: fit it on
+    chunks drawn like the timed batches' actions (``synthetic_batch``), so the token counts timed are the ones
+    those batches produce. A checkpoint's own tokenizer is left alone."""
+    tokenizer = getattr(policy.head, "tokenizer", None)
+    if tokenizer is None or tokenizer.is_fitted:
+        return
+    g = torch.Generator().manual_seed(0)
+    chunks = torch.randn(256, cfg.chunk, cfg.action_dim, generator=g).numpy()
+    policy.head.fit_tokenizer(chunks, normalization=policy.config.action_norm)
 
 
 def synthetic_processor(lerobot_checkpoint: str) -> str:

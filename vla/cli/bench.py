@@ -247,7 +247,11 @@ def main(argv: list[str]) -> int:
     p.add_argument(
         "--same-weights", action="store_true", help="with --peer: ours starts from the peer's own initial weights"
     )
-    p.add_argument("--head", default=None, help="override the scale's head (bins, fast, diffusion, flow, regression)")
+    p.add_argument(
+        "--head",
+        default=None,
+        help="override the scale's head (any registered head: bins, fast, vq, diffusion, flow, regression)",
+    )
     p.add_argument(
         "--head-option",
         action="append",
